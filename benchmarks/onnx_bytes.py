@@ -1,10 +1,11 @@
 """Calibrate edgeclean.ranks' byte model against real ONNX files.
 
-Exports dense and factorised zoo models the way the export stage does (eval mode, BN folded by the
-exporter's constant folding, opset 17, ir_version 13), optionally int8 (onnxruntime static QDQ,
-per-channel weights), and prints the real file size next to ``ranks.estimate_bytes``.
+Exports dense and factorised zoo models with the export stage itself (``edgeclean.export``: BN
+folded, onnxsim, opset 17, ir_version 13, short names) and its int8 path (``quantize_int8``: static
+QDQ S8S8, per-channel weights, float biases, compacted), and prints the real file size next to
+``ranks.estimate_bytes``. ``--fit`` prints least-squares constants for ``ranks.COST``.
 
-    nice -n 15 /work/venv/bin/python benchmarks/onnx_bytes.py
+    OMP_NUM_THREADS=1 /work/venv/bin/python benchmarks/onnx_bytes.py [--fit]
 """
 
 from __future__ import annotations
@@ -12,39 +13,32 @@ from __future__ import annotations
 import os
 import sys
 import tempfile
+from pathlib import Path
 
 import numpy as np
-import onnx
+
 import torch
 from torch import nn
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from edgeclean.export import ExportConfig, quantize_int8  # noqa: E402
+from edgeclean.export import export as export_onnx  # noqa: E402
 from edgeclean.factorize import factorizable, factorize_conv, full_ranks, swap_modules  # noqa: E402
 from edgeclean.ranks import COST, estimate_bytes, model_counts  # noqa: E402
+from edgeclean.load import ModelSpec  # noqa: E402
 from edgeclean.zoo import create_model  # noqa: E402
 
 
 def export(model: nn.Module, shape, path: str) -> None:
-    model.eval()
-    torch.onnx.export(model, (torch.zeros(1, *shape),), path, opset_version=17, dynamo=False,
-                      do_constant_folding=True, input_names=["input"], output_names=["logits"])
-    proto = onnx.load(path)
-    proto.ir_version = 13
-    onnx.save(proto, path)
+    """The fp32 artifact exactly as the export stage writes it (BN folded, onnxsim, short names)."""
+    spec = ModelSpec(arch="zoo", input_shape=tuple(shape))
+    export_onnx(model.eval(), spec, path, config=ExportConfig(write_ort=False, parity_samples=4))
 
 
 def quantize(src: str, dst: str, shape) -> None:
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
-
-    class Reader(CalibrationDataReader):
-        def __init__(self):
-            self.items = iter([{"input": np.random.rand(1, *shape).astype(np.float32)} for _ in range(4)])
-
-        def get_next(self):
-            return next(self.items, None)
-
-    quantize_static(src, dst, Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                    weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8)
+    """The int8 artifact as the export stage writes it (QDQ S8S8 per channel, compacted); the file
+    size does not depend on the calibration values, so a few noise images calibrate it."""
+    quantize_int8(Path(src), Path(dst), np.random.default_rng(0).random((4, *shape), dtype=np.float32))
 
 
 def factorised(model: nn.Module, frac: float) -> nn.Module:
@@ -59,6 +53,7 @@ def factorised(model: nn.Module, frac: float) -> nn.Module:
 
 def main():
     torch.manual_seed(0)
+    torch.set_num_threads(1)
     cases = [
         ("tiny_cnn", dict(num_classes=10, in_channels=1), None),
         ("resnet18 w0.25", dict(num_classes=10, in_channels=1, width=0.25), None),
@@ -101,6 +96,9 @@ def main():
             w = 1.0 / np.array([real for _, real in data], dtype=float)  # fit relative error
             sol, *_ = np.linalg.lstsq(a * w[:, None], b * w, rcond=None)
             print(prec, "fit:", {k: round(float(v), 1) for k, v in zip(keys, sol)})
+            fitted = a @ sol + COST[prec]["weight"] * np.array([c["weight"] for c, _ in data], dtype=float)
+            errs = [f"{100 * (e - real) / real:+.1f}%" for e, (_, real) in zip(fitted, data)]
+            print(prec, "errors with the fitted constants:", " ".join(errs))
 
 
 if __name__ == "__main__":

@@ -115,6 +115,8 @@ def _tmp_path(out: Path, suffix: str) -> Path:
 def _readable_names(model_proto) -> None:
     """'/net/layer1/layer1.0/conv1/Conv' -> 'layer1.0.conv1/Conv': the module path, then the op."""
     used = set()
+    # the raw-input wrapper's normalisation: a Sub on the graph input, then a Div on its output
+    norm_edges = {v.name for v in model_proto.graph.input}
     for i, node in enumerate(model_proto.graph.node):
         parts = [p for p in node.name.split("/") if p]
         if parts and parts[0] == "net":  # the raw-input wrapper's child
@@ -123,7 +125,10 @@ def _readable_names(model_proto) -> None:
         for p in parts[:-1]:  # a Sequential child's scope repeats its parent: 'layer1/layer1.0'
             last = path.rsplit(".", 1)[-1]
             path = p if not path else (path + p[len(last):] if p.startswith(last + ".") else f"{path}.{p}")
-        name = f"{path}/{op}" if path else (f"input/{op}" if op in ("Sub", "Div") and i < 2 else op)
+        is_norm = not path and op in ("Sub", "Div") and node.input and node.input[0] in norm_edges
+        if is_norm:
+            norm_edges.update(node.output)
+        name = f"{path}/{op}" if path else (f"input/{op}" if is_norm else op)
         base, k = name or f"{node.op_type}_{i}", 1
         name = base
         while name in used:
@@ -143,16 +148,55 @@ def _short_edge_names(model_proto) -> None:
     g = model_proto.graph
     keep = {v.name for v in g.input} | {v.name for v in g.output} | {t.name for t in g.initializer}
     short: dict[str, str] = {}
+    counter = [0]
 
     def rename(name: str) -> str:
         if not name or name in keep:
             return name
-        return short.setdefault(name, f"t{len(short)}")
+        if name not in short:
+            while f"t{counter[0]}" in keep:  # never reuse a weight's or the graph's own name
+                counter[0] += 1
+            short[name] = f"t{counter[0]}"
+            counter[0] += 1
+        return short[name]
 
     for node in g.node:
         node.input[:] = [rename(x) for x in node.input]
         node.output[:] = [rename(x) for x in node.output]
     del g.value_info[:]
+
+
+def _rename_initializers(model_proto, strip_prefix: str = "net.", strip_suffix: str = "") -> None:
+    """Weights named by their module path, as the nodes are: 'net.layer1.0.conv1.weight' ->
+    'layer1.0.conv1.weight' (the raw-input wrapper's 'net.' says nothing); with ``strip_suffix``,
+    the quantiser's 'layer1.0.conv1.weight_quantized' -> 'layer1.0.conv1.weight'. Names without
+    a (non-empty) prefix, and names already taken, are left as they are."""
+    g = model_proto.graph
+    taken = {t.name for t in g.initializer} | {x for n in g.node for x in [*n.input, *n.output]}
+    taken |= {v.name for v in g.input} | {v.name for v in g.output}
+    new_names: dict[str, str] = {}
+    for t in g.initializer:
+        if strip_prefix and not t.name.startswith(strip_prefix):  # a constant the tools named
+            continue
+        name = t.name.removeprefix(strip_prefix)
+        if strip_suffix:
+            name = name.removesuffix(strip_suffix)
+        if name != t.name and name and name not in taken:
+            taken.add(name)
+            new_names[t.name] = name
+            t.name = name
+    for node in g.node:
+        node.input[:] = [new_names.get(x, x) for x in node.input]
+
+
+def _strip_metadata(model_proto) -> None:
+    """Drop the tools' bookkeeping (onnxsim's and the quantiser's metadata_props, doc strings): it
+    describes how the file was made, not the model, and is kilobytes in a small int8 file."""
+    del model_proto.metadata_props[:]
+    model_proto.doc_string = ""
+    model_proto.graph.doc_string = ""
+    for node in model_proto.graph.node:
+        node.doc_string = ""
 
 
 def to_onnx(model: nn.Module, spec: ModelSpec, path: Path, config: ExportConfig) -> dict:
@@ -188,6 +232,8 @@ def to_onnx(model: nn.Module, spec: ModelSpec, path: Path, config: ExportConfig)
     proto.ir_version = min(proto.ir_version, ORT_MAX_IR_VERSION)
     _readable_names(proto)
     _short_edge_names(proto)
+    _rename_initializers(proto)
+    _strip_metadata(proto)
     onnx.checker.check_model(proto, full_check=True)
     onnx.save(proto, str(path))
     ops: dict[str, int] = {}
@@ -247,8 +293,99 @@ def _as_array(x) -> np.ndarray:
     return np.ascontiguousarray(np.asarray(x, dtype=np.float32))
 
 
+def _drop_zero_points(model_proto) -> int:
+    """Remove the all-zero zero points of the DequantizeLinear nodes that feed only Conv nodes.
+
+    ONNX makes DequantizeLinear's zero point optional (0 of the input's type when absent). The
+    quantiser writes one per weight, per output channel, all zeros (weights are symmetric): on a
+    factorised net that is ~1% of the int8 file. onnxruntime fuses DQ -> Conv -> Q into
+    QLinearConv with or without it, but leaves a Gemm float (no QGemm) without it, so only
+    Conv-only DQs lose theirs. Returns how many were removed.
+    """
+    from onnx import numpy_helper
+
+    g = model_proto.graph
+    inits = {t.name: t for t in g.initializer}
+    consumers: dict[str, set[str]] = {}
+    for node in g.node:
+        for x in node.input:
+            consumers.setdefault(x, set()).add(node.op_type)
+    dropped = 0
+    for node in g.node:
+        if (node.op_type == "DequantizeLinear" and len(node.input) == 3 and node.input[2] in inits
+                and consumers.get(node.output[0]) == {"Conv"}
+                and not numpy_helper.to_array(inits[node.input[2]]).any()):
+            del node.input[2]
+            dropped += 1
+    used = {x for node in g.node for x in node.input}
+    kept = [t for t in g.initializer if t.name in used]
+    del g.initializer[:]
+    g.initializer.extend(kept)
+    return dropped
+
+
+def _qdq_node_names(model_proto) -> None:
+    """Name Q/DQ nodes after what they quantise: 'layer1.0.conv1.weight/DQ' for a weight,
+    'layer1.0.conv1/Conv/Q' and '.../DQ' for the output of that node, 'input/Q' for the input.
+    (The quantiser names them after tensor names, which later become t0, t1, ...)."""
+    g = model_proto.graph
+    qdq = ("QuantizeLinear", "DequantizeLinear")
+    producer = {o: n for n in g.node for o in n.output}
+    used = {n.name for n in g.node if n.op_type not in qdq}
+
+    def anchor(tensor: str) -> str:
+        for _ in range(len(g.node)):  # through chains of Q/DQ to the real producer
+            node = producer.get(tensor)
+            if node is None:
+                return tensor  # an initializer or the graph input
+            if node.op_type not in qdq:
+                return node.name
+            tensor = node.input[0]
+        return tensor
+
+    for node in g.node:
+        if node.op_type in qdq:
+            base = f"{anchor(node.input[0])}/{'Q' if node.op_type == 'QuantizeLinear' else 'DQ'}"
+            name, k = base, 1
+            while name in used:
+                k += 1
+                name = f"{base}_{k}"
+            used.add(name)
+            node.name = name
+
+
+def _activation_qparam_names(model_proto) -> None:
+    """The quantiser names an activation's scale and zero point after the fp32 edge ('t8_scale'),
+    which means nothing once edges are renamed: call them 'a0_scale', 'a0_zero_point', ... in
+    graph order (weights keep '<module>.weight_scale')."""
+    g = model_proto.graph
+    inits = {t.name: t for t in g.initializer}
+    taken = set(inits) | {x for n in g.node for x in [*n.input, *n.output]}
+    new_names: dict[str, str] = {}
+    k = 0
+    for node in g.node:
+        if node.op_type != "QuantizeLinear" or node.input[1] not in inits or node.input[1] in new_names:
+            continue
+        while f"a{k}_scale" in taken or f"a{k}_zero_point" in taken:
+            k += 1
+        new_names[node.input[1]] = f"a{k}_scale"
+        if len(node.input) > 2 and node.input[2] in inits and node.input[2] not in new_names:
+            new_names[node.input[2]] = f"a{k}_zero_point"
+        k += 1
+    for t in g.initializer:
+        t.name = new_names.get(t.name, t.name)
+    for node in g.node:
+        node.input[:] = [new_names.get(x, x) for x in node.input]
+
+
 def quantize_int8(fp32_path: Path, out_path: Path, calib: np.ndarray) -> None:
-    """Static QDQ quantisation: int8 activations and int8 per-channel weights (S8S8), MinMax calibration."""
+    """Static QDQ quantisation: int8 activations and int8 per-channel weights (S8S8), MinMax calibration.
+
+    Biases stay float (``QuantizeBias=False``): onnxruntime (>= 1.19) quantises them to int32 when
+    it fuses QLinearConv / QGemm at load time, and a float bias is 4 bytes a channel where an int32
+    one with its own scale and zero point is 12. The file is then compacted (no all-zero weight zero
+    points, short tensor names, no tool metadata); none of that changes a single output value.
+    """
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -271,7 +408,7 @@ def quantize_int8(fp32_path: Path, out_path: Path, calib: np.ndarray) -> None:
         quantize_static(
             str(pre), str(out_path), Reader(calib, name), quant_format=QuantFormat.QDQ,
             activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, per_channel=True,
-            op_types_to_quantize=op_types,
+            op_types_to_quantize=op_types, extra_options={"QuantizeBias": False},
         )
     finally:
         pre.unlink(missing_ok=True)
@@ -279,8 +416,13 @@ def quantize_int8(fp32_path: Path, out_path: Path, calib: np.ndarray) -> None:
 
     proto = onnx.load(str(out_path))
     proto.ir_version = min(proto.ir_version, ORT_MAX_IR_VERSION)
+    _rename_initializers(proto, strip_prefix="", strip_suffix="_quantized")
+    _drop_zero_points(proto)
+    _qdq_node_names(proto)
+    _activation_qparam_names(proto)
     _short_edge_names(proto)
-    onnx.checker.check_model(proto)
+    _strip_metadata(proto)
+    onnx.checker.check_model(proto, full_check=True)
     onnx.save(proto, str(out_path))
 
 

@@ -206,3 +206,59 @@ def test_choose_precision_with_int8_estimate_and_mode_restored(tmp_path):
     model = create_model("tiny_cnn").train()
     export(model, SPEC, tmp_path / "t.onnx", config=ExportConfig(write_ort=False))
     assert model.training  # the caller's model keeps its mode
+
+
+def test_int8_compact_format_changes_no_output(tmp_path):
+    """The int8 file is onnxruntime's QDQ output (biases left float) made smaller (no all-zero weight
+    zero points on Conv weights, short names, no tool metadata) and computes exactly the same thing;
+    onnxruntime still fuses every factor conv of the 3-conv block into QLinearConv."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    from edgeclean.export import quantize_int8
+
+    torch.manual_seed(0)
+    model = randomize_bn(ThreeConvNet())
+    spec = ModelSpec(arch="three", input_shape=(3, 8, 8), mean=(0.5, 0.4, 0.3), std=(0.2, 0.25, 0.3))
+    fp32 = tmp_path / "f.onnx"
+    export(model, spec, fp32, config=ExportConfig(write_ort=False))
+    calib = np.random.default_rng(3).random((16, 3, 8, 8), dtype=np.float32)
+    ours = tmp_path / "q.onnx"
+    quantize_int8(fp32, ours, calib)
+
+    # the same quantisation, uncompacted (every zero point, the quantiser's names and metadata)
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.items = iter([{"input": calib}])
+
+        def get_next(self):
+            return next(self.items, None)
+
+    pre, plain = tmp_path / "pre.onnx", tmp_path / "plain.onnx"
+    quant_pre_process(str(fp32), str(pre))
+    op_types = sorted({n.op_type for n in onnx.load(str(pre)).graph.node})
+    quantize_static(str(pre), str(plain), Reader(), quant_format=QuantFormat.QDQ, activation_type=QuantType.QInt8,
+                    weight_type=QuantType.QInt8, per_channel=True, op_types_to_quantize=op_types,
+                    extra_options={"QuantizeBias": False})
+    x = np.random.default_rng(4).random((8, 3, 8, 8), dtype=np.float32)
+    got, ref = ort_run(ours, x), ort_run(plain, x)
+    assert np.max(np.abs(got - ref)) <= 1e-5 * max(1.0, float(np.max(np.abs(ref))))
+    assert ours.stat().st_size < plain.stat().st_size
+
+    proto = onnx.load(str(ours))
+    onnx.checker.check_model(proto, full_check=True)
+    assert len(proto.metadata_props) == 0
+    nodes = {n.name: n for n in proto.graph.node}
+    w_dq = nodes["conv2.1.weight/DQ"]  # the middle factor conv's weight, named after the module
+    assert w_dq.op_type == "DequantizeLinear" and len(w_dq.input) == 2  # zero point 0 by default
+    assert {"conv1/Conv/Q", "conv1/Conv/DQ", "input/Q"} <= set(nodes)
+    assert sum(n.op_type == "Conv" for n in proto.graph.node) == 4  # the 3-conv block stays three
+    inits = {t.name: t for t in proto.graph.initializer}
+    assert inits["conv2.2.bias"].data_type == onnx.TensorProto.FLOAT
+    assert inits["conv2.1.weight"].data_type == onnx.TensorProto.INT8
+
+    so = ort.SessionOptions()
+    so.optimized_model_filepath = str(tmp_path / "opt.onnx")
+    ort.InferenceSession(str(ours), so, providers=["CPUExecutionProvider"])
+    fused = [n for n in onnx.load(str(tmp_path / "opt.onnx")).graph.node if n.op_type == "QLinearConv"]
+    assert {n.name.split("/")[0] for n in fused} >= {"conv2.0", "conv2.1", "conv2.2"}
