@@ -87,8 +87,8 @@ def git_commit() -> dict:
     def git(*args):
         return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True).stdout.strip()
 
-    dirty = git("status", "--porcelain", "--", "edgeclean", "benchmarks/tables.py")
-    return {"commit": git("rev-parse", "--short", "HEAD"), "dirty": bool(dirty)}
+    dirty = [line[3:] for line in git("status", "--porcelain", "--", "edgeclean", "benchmarks/tables.py").splitlines()]
+    return {"commit": git("rev-parse", "--short", "HEAD"), "dirty": bool(dirty), "dirty_files": dirty}
 
 
 def machine() -> dict:
@@ -111,6 +111,17 @@ def write_cell(path: Path, cell: dict) -> None:
 # --------------------------------------------------------------------------- one suspect
 
 
+def suspect_path(name: str) -> Path:
+    """``demo``, a suite name (``resnet18_badnets``) or any checkpoint path with a JSON card."""
+    if name.endswith((".pt", ".pth", ".safetensors")):
+        return Path(name).resolve()
+    return ROOT / ("models/demo_badnets_resnet18.pt" if name == "demo" else f"benchmarks/suspects/{name}.pt")
+
+
+def suspect_name(name: str) -> str:
+    return Path(name).stem if name.endswith((".pt", ".pth", ".safetensors")) else name
+
+
 class Suspect:
     """A suspect with its card, test sets, original fp32 ONNX and (cached) scan, made on demand."""
 
@@ -119,8 +130,8 @@ class Suspect:
         from edgeclean.data import load_dataset
         from edgeclean.load import load_suspect, read_card
 
-        self.name, self.seed, self.limit = name, seed, limit
-        self.path = ROOT / ("models/demo_badnets_resnet18.pt" if name == "demo" else f"benchmarks/suspects/{name}.pt")
+        self.seed, self.limit = seed, limit
+        self.path, self.name = suspect_path(name), suspect_name(name)
         if not self.path.exists():
             raise SystemExit(f"{self.path} is missing; make the suite with benchmarks/suite.py make")
         self.card = read_card(self.path)
@@ -135,7 +146,7 @@ class Suspect:
         if self.attack:
             params = attack_params(self.attack, self.spec.input_shape, **self.card.get("attack_params", {}))
             self.poisoned = poisoned_test_set(self.test, self.attack, self.target, params)
-        self.dir = CACHE / name
+        self.dir = CACHE / self.name
         self._scan = self._ref = None
         self._onnx = None
 
@@ -343,7 +354,7 @@ def prune_to_bytes(model, spec, budget: int):
         return m
 
     lo, hi, best = 0.0, 0.95, None
-    for _ in range(14):
+    for _ in range(10):  # ratio to within 0.001
         mid = (lo + hi) / 2
         m = pruned(mid)
         if estimate_bytes(m, "fp32") <= budget:
@@ -366,7 +377,8 @@ def table2_cell(s: Suspect, method: str, ratio: int | None) -> dict:
     cell = cell_header("table2", s, method, label=label, ratio=ratio, budget_bytes=budget, original_bytes=orig_bytes)
     t_cell = time.perf_counter()
     out = s.dir / "t2" / f"{method}_r{ratio}.onnx"
-    scan, scan_s = s.scan() if method != "original" else (None, 0.0)
+    # the scan's synthetic images: int8 calibration and C&C's fine-tuning data
+    scan, scan_s = s.scan() if method in ("int8", "cc-fp32", "cc-int8", "prune+ft") else (None, 0.0)
     held = len(scan.images) // 4 if scan is not None else 0  # as pipeline.run: calibrate on 3/4, judge on 1/4
     calib = dict(calib=scan.images[held:], eval_inputs=scan.images[:held]) if scan is not None else {}
     if method == "original":
@@ -465,6 +477,12 @@ def table3_cell(name: str, seed: int = SEED) -> dict:
 # --------------------------------------------------------------------------- render
 
 
+def ordered(known: list[str], cells: dict) -> list[str]:
+    """The known suspects in their order, then any other suspect that has cells (e.g. a user's model)."""
+    extra = sorted({s for (s, _, _) in cells} - set(known))
+    return list(known) + extra
+
+
 def load_cells(table: str) -> dict:
     cells = {}
     for p in sorted((RESULTS / table).glob("*.json")):
@@ -479,6 +497,10 @@ def pct(v) -> str:
 
 def kb(v) -> str:
     return "–" if v is None else f"{v / 1000:,.0f} kB"
+
+
+def secs(v) -> str:
+    return "–" if v is None else (f"{v:.2f} s" if v < 10 else f"{v:.0f} s")
 
 
 def mmacs(v) -> str:
@@ -517,13 +539,13 @@ def render_table1() -> list[str]:
              "CA on the 10,000 Fashion-MNIST test images; ASR and R-Acc on the triggered test images whose true label is",
              "not the target; DER (BackdoorBench) against the suspect's own fp32 ONNX; all in %. Every number is measured",
              "on the exported ONNX artifact with onnxruntime. Bytes: the ONNX file. C&C-based rows at a budget of 1/8 of",
-             "the suspect's fp32 ONNX size. Time: the defence's wall time (incl. the scan, ~1 min, when the method uses its",
+             "the suspect's fp32 ONNX size. Time: the defence's wall time (incl. the scan when the method uses its",
              "synthetic images; excl. export and evaluation), 1 thread, on the shared machine (loaded).",
              "CLP best u is an **oracle**: u in " + "/".join(f"{u:g}" for u in CLP_GRID) +
              " chosen by DER on the same test set (by CA on clean suspects).", ""]
     hdr = "| suspect | method | CA | ASR | R-Acc | DER | bytes | MACs | time |"
     lines += [hdr, "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
-    for s in ALL_SUSPECTS:
+    for s in ordered(ALL_SUSPECTS, cells):
         for m, (label, _, _) in T1.items():
             c = cells.get((s, m, None))
             if c is None:
@@ -531,7 +553,7 @@ def render_table1() -> list[str]:
                 continue
             extra = f" (u={c['best_u']:g})" if m == "clp-best" else ""
             lines.append(f"| {s}{mark(c)} | {label}{extra} | {pct(c['ca'])} | {pct(c.get('asr'))} | {pct(c.get('racc'))} | "
-                         f"{pct(c.get('der')) if m != 'none' else '–'} | {kb(c['bytes'])} | {mmacs(c['macs'])} | {c['time_s']:.1f} s |")
+                         f"{pct(c.get('der')) if m != 'none' else '–'} | {kb(c['bytes'])} | {mmacs(c['macs'])} | {secs(c['time_s']) if m != 'none' else '–'} |")
     lines += ["", "### Averages per method", "",
               "Over the 10 backdoored suite suspects plus the demo (n = cells computed); clean suspects: mean CA change.", "",
               "| method | n | CA | ASR | R-Acc | DER | bytes | MACs | time | clean suspects: n, ΔCA (pt) |",
@@ -547,7 +569,7 @@ def render_table1() -> list[str]:
             continue
         lines.append(f"| {label} | {len(bd)} | {pct(avg(bd, 'ca'))} | {pct(avg(bd, 'asr'))} | {pct(avg(bd, 'racc'))} | "
                      f"{pct(avg(bd, 'der')) if m != 'none' else '–'} | {kb(avg(bd, 'bytes'))} | {mmacs(avg(bd, 'macs'))} | "
-                     f"{avg(bd, 'time_s'):.1f} s | {clean_col} |")
+                     f"{secs(avg(bd, 'time_s')) if m != 'none' else '–'} | {clean_col} |")
     lines += ["", f"Cells: {commits(cells)}; {loads(cells)}. † = partial test set (`--limit`), * = uncommitted code.", ""]
     return lines
 
@@ -564,7 +586,7 @@ def render_table2() -> list[str]:
              "to the byte budget; \"+ FT\" adds C&C's synthetic fine-tuning (same images, config, steps).", "",
              "| suspect | budget | method | fits | CA | ASR | bytes | MACs | p50 1t (ms) | p50 2t (ms) | speed-up 1t / 2t | MAC reduction |",
              "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for s in T2_SUSPECTS:
+    for s in ordered(T2_SUSPECTS, cells):
         orig = cells.get((s, "original", None))
         if orig:
             lines.append(f"| {s}{mark(orig)} | – | fp32 original | – | {pct(orig['ca'])} | {pct(orig.get('asr'))} | "
@@ -610,7 +632,7 @@ def render_table3() -> list[str]:
         ("bench (artifact + original, 50 runs each)", lambda c: c["stages"].get("bench")),
         ("total wall time of `run`", lambda c: c.get("wall_s")),
     ]
-    names = [n for n in T3_MODELS]
+    names = ordered(T3_MODELS, cells)
     lines += ["| stage | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
     for label, get in rows:
         vals = []
@@ -688,10 +710,11 @@ def main(argv=None) -> None:
     ap.add_argument("--seed", type=int, default=SEED)
     ap.add_argument("--results", default=None, help="write cells under this folder instead (tests)")
     args = ap.parse_args(argv)
-    global RESULTS, CACHE
+    global RESULTS, CACHE, RESULTS_MD
     if args.results:
         RESULTS = Path(args.results)
         CACHE = RESULTS / ".cache"
+        RESULTS_MD = RESULTS / "RESULTS.md"
     torch.set_num_threads(1)
     if args.table == "render":
         render()
@@ -712,15 +735,17 @@ def main(argv=None) -> None:
     bad = [m for m in methods if m not in known]
     if bad:
         raise SystemExit(f"unknown method(s) {bad}; choose from {list(known)}")
-    for name in args.suspects or (ALL_SUSPECTS if table == "table1" else T2_SUSPECTS):
-        s = None
+    names = args.suspects or (ALL_SUSPECTS if table == "table1" else T2_SUSPECTS)
+    arg_of = {suspect_name(n): n for n in names}
+    for name in names:
+        s, name = None, suspect_name(name)
         for m in methods:
             ratios = [None] if table == "table1" or m in ("original", "int8") else args.ratios
             for r in ratios:
                 path = RESULTS / table / (f"{name}__{m}" + (f"__r{r}" if r else "") + ".json")
                 if path.exists() and not args.force:
                     continue
-                s = s or Suspect(name, args.limit, args.seed)
+                s = s or Suspect(arg_of[name], args.limit, args.seed)
                 t0 = time.perf_counter()
                 cell = table1_cell(s, m) if table == "table1" else table2_cell(s, m, r)
                 write_cell(path, cell)
