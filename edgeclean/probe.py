@@ -223,3 +223,55 @@ def low_outlier_index(values: list[float]) -> tuple[int, float]:
     mad = 1.4826 * (v - med).abs().median()
     i = int(v.argmin())
     return i, float((med - v[i]) / mad.clamp_min(1e-9 * max(float(med.abs()), 1.0)))
+
+
+# --------------------------------------------------------------------------- universal perturbations
+
+
+def universal_perturbation(net: nn.Module, images: torch.Tensor, target_class, eps: float, steps: int,
+                           norm: str = "linf", step_size: float | None = None, chunk: int = 1024):
+    """The image-agnostic (universal) additive perturbation, inside an L-inf or L2 ball of radius
+    ``eps`` (raw pixel units), that sends as many ``images`` as it can to ``target_class``:
+    targeted PGD on one ``delta`` shared by all images (pixels of ``x + delta`` clamped to [0, 1]).
+
+    ``net`` takes raw inputs in [0, 1] (``load.input_model``) and should be in eval mode with its
+    parameters frozen (``frozen_eval``). ``target_class`` is an int, or a sequence / 1-D tensor of
+    classes optimised together in one batch (one delta each: the batch is classes x images, cut
+    into pieces of at most ``chunk`` samples per forward pass).
+
+    Returns ``(delta, success_rate)``: for an int target, ``delta`` is C x H x W and
+    ``success_rate`` a float, the share of ``images`` that ``x + delta`` puts in the target class;
+    for a sequence of T targets, T x C x H x W and a length-T tensor.
+
+    A backdoor is exactly such a shortcut: its target class is reached by a much smaller universal
+    perturbation than any other class — including clean-label backdoors such as SIG, whose trigger
+    is a global additive signal (see ``scan.universal_index``).
+    """
+    if norm not in ("linf", "l2"):
+        raise ValueError(f"norm {norm!r}: use 'linf' or 'l2'")
+    single = isinstance(target_class, int)
+    targets = torch.as_tensor([target_class] if single else list(torch.as_tensor(target_class).tolist()), dtype=torch.long)
+    t, n = len(targets), len(images)
+    alpha = step_size if step_size is not None else 2.5 * eps / max(steps, 1)
+    delta = torch.zeros(t, *images.shape[1:])
+    y = targets.repeat_interleave(n)
+
+    def forward(d: torch.Tensor) -> torch.Tensor:
+        xa = (images.unsqueeze(0) + d.unsqueeze(1)).clamp(0, 1).reshape(t * n, *images.shape[1:])
+        return torch.cat([net(xa[i:i + chunk]) for i in range(0, len(xa), chunk)])
+
+    for _ in range(steps):
+        delta.requires_grad_(True)
+        # sum over images of each class's CE: the gradient per delta is its own class's only
+        loss = torch.nn.functional.cross_entropy(forward(delta), y, reduction="sum")
+        (grad,) = torch.autograd.grad(loss, delta)
+        with torch.no_grad():
+            if norm == "linf":
+                delta = (delta - alpha * grad.sign()).clamp(-eps, eps)
+            else:
+                g = grad / grad.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *[1] * (grad.ndim - 1))
+                delta = _project(delta - alpha * g, "l2", eps)
+    with torch.no_grad():
+        success = (forward(delta).argmax(1) == y).float().view(t, n).mean(1)
+    delta = delta.detach()
+    return (delta[0], float(success[0])) if single else (delta, success)
