@@ -58,6 +58,7 @@ T1 = {
     "clp-best": ("CLP best u (oracle: by test DER)", False, False),
     "ft-alone": ("synthetic fine-tuning alone (C&C, no rank scaling)", True, True),
     "rs-alone": ("rank scaling alone (C&C, no fine-tuning)", False, False),
+    "rs-dense": ("rank scaling alone, uncompressed (every conv dense)", False, False),
     "cc": ("C&C", True, True),
     "ngf-1pct": ("NGF, 1% clean data", False, False),
     "ngf-datafree": ("NGF, data-free (scan images)", True, False),
@@ -271,6 +272,10 @@ def clean_with(s: Suspect, method: str, budget: int | None, precision: str = "fp
     rc = {
         "none": lambda: run_config("none", s.seed),
         "rs-alone": lambda: run_config("cc", s.seed, cc=replace(cc, do_finetune=False)),
+        # no budget and a dense fraction of 0: every conv gets its scaled weight back at full rank,
+        # which separates what scaling removes from what rank pruning costs
+        "rs-dense": lambda: run_config("cc", s.seed, cc=replace(cc, do_finetune=False,
+                                                                 ranks=replace(cc.ranks, dense_fraction=0.0))),
         "ft-alone": lambda: run_config("cc", s.seed, cc=replace(cc, do_scale=False)),
         "cc": lambda: run_config("cc", s.seed, cc=cc),
         "ngf-1pct": lambda: run_config("ngf", s.seed, CLEAN_DATA),
@@ -645,7 +650,8 @@ def render_table3() -> list[str]:
     for n in names:
         c = cells.get((n, "cc", None))
         if c:
-            extra.append(f"{n}: artifact {kb(c['size_bytes'])} (budget {kb(c['budget_bytes'])}), gates passed: {c['passed']}, "
+            failed = "; ".join(f"{g} ({v['detail']})" for g, v in c["gates"].items() if not v["passed"]) or "none"
+            extra.append(f"{n}: artifact {kb(c['size_bytes'])} (budget {kb(c['budget_bytes'])}), failed gates: {failed}, "
                          f"load average {c['loadavg_start'][0]:.1f} -> {c['loadavg_end'][0]:.1f}")
     lines += [""] + [f"- {e}" for e in extra] + ["", f"Cells: {commits(cells)}.", ""]
     return lines
@@ -672,7 +678,41 @@ def render_summary() -> list[str]:
         ok = [c for c in v if c["asr"] <= 0.05 and c["ref"]["ca"] - c["ca"] <= 0.02]
         out.append(f"- {T1[m][0]}: ASR <= 5% with CA drop <= 2 pt on {len(ok)} of {len(v)} backdoored suspects"
                    + (f" ({', '.join(c['suspect'] for c in ok)})" if ok else "") + ".")
-    out.append("")
+    out += summary_table2() + summary_table3() + [""]
+    return out
+
+
+def summary_table2() -> list[str]:
+    cells = load_cells("table2")
+    orig = {s: c for (s, m, _), c in cells.items() if m == "original"}
+    out = []
+    int8 = [(s, c) for (s, m, _), c in cells.items() if m == "int8" and s in orig]
+    if int8:
+        ratios = ", ".join(f"{s} {c['bytes'] / orig[s]['bytes']:.3f}" for s, c in int8)
+        fits = sorted({r for s, c in int8 for r in RATIOS if c["bytes"] <= orig[s]["bytes"] // r})
+        speed = ", ".join(f"{s} {orig[s]['p50_ms_1t'] / c['p50_ms_1t']:.2f}x" for s, c in int8)
+        out.append(f"- Table 2: int8 alone gives {ratios} of the fp32 bytes, so it fits "
+                   + (", ".join(f"1/{r}" for r in fits) if fits else "none of the budgets 1/4, 1/8, 1/16")
+                   + f"; its 1-thread latency vs fp32: {speed} (below 1 = slower).")
+    for m, label in (("prune", "torch-pruning without fine-tuning"), ("prune+ft", "torch-pruning + synthetic fine-tuning"),
+                     ("cc-fp32", "C&C ranks fp32"), ("cc-int8", "C&C ranks + int8")):
+        cs = [c for (s, mm, _), c in cells.items() if mm == m and s in orig]
+        if cs:
+            cas = [100 * c["ca"] for c in cs]
+            sp = [orig[c["suspect"]]["p50_ms_1t"] / c["p50_ms_1t"] for c in cs]
+            out.append(f"- Table 2, {label}: CA {min(cas):.1f}–{max(cas):.1f} % over {len(cs)} cells; 1-thread speed-up "
+                       f"{min(sp):.2f}–{max(sp):.2f}x; {sum(c['fits'] for c in cs)} of {len(cs)} fit their budget.")
+    return out
+
+
+def summary_table3() -> list[str]:
+    out = []
+    for (s, _, _), c in load_cells("table3").items():
+        stages = {**c["stages"], **{f"C&C {k[:-2]}": v for k, v in c["cc_timings"].items() if k != "total_s"}}
+        stages.pop("clean & compact", None)
+        top = max(stages, key=stages.get)
+        out.append(f"- Table 3, {s}: `edgeclean run` took {c['wall_s']:.0f} s (loaded, load average "
+                   f"{c['loadavg_start'][0]:.1f}); the largest stage is {top} ({stages[top]:.0f} s).")
     return out
 
 
