@@ -667,7 +667,17 @@ def render_summary() -> list[str]:
     out = ["## Summary (generated from the cells; provisional while C&C cells are pending)", ""]
     pending = [T1[m][0] for m in T1 if T1[m][2] and not by.get(m)]
     if pending:
-        out.append(f"- **Pending** (depend on the C&C fine-tuning being reworked): {', '.join(pending)}.")
+        out.append(f"- **Pending** (depend on the C&C fine-tuning being reworked): {', '.join(pending)}; "
+                   "fill with `python benchmarks/tables.py table1 --methods ft-alone cc cc+ngf` and "
+                   "`python benchmarks/tables.py table2 --methods cc-fp32 cc-int8 prune+ft`, then `render`.")
+    mean = lambda cs, f: sum(f(c) for c in cs) / len(cs)  # noqa: E731
+    for m in ("rs-dense", "rs-alone"):
+        if by.get(m):
+            cs = by[m]
+            out.append(f"- {T1[m][0]}: mean ASR {100 * mean(cs, lambda c: c['asr']):.1f} % (suspects "
+                       f"{100 * mean(cs, lambda c: c['ref']['asr']):.1f} %), mean CA change "
+                       f"{100 * mean(cs, lambda c: c['ca'] - c['ref']['ca']):+.1f} pt, artifact "
+                       f"{mean(cs, lambda c: c['bytes'] / cells[(c['suspect'], 'none', None)]['bytes']):.3f} x the suspect's bytes.")
     ranked = sorted(((sum(c["der"] for c in v) / len(v), m, len(v)) for m, v in by.items() if m != "none"), reverse=True)
     if ranked:
         out.append("- Mean DER over backdoored suspects, best first: " +
