@@ -11,14 +11,15 @@
 # with python3-venv, or the official python:3.11-slim-bookworm, which is multi-arch):
 #   docker buildx build --platform linux/amd64,linux/arm64 --target bench -t edgeclean:bench .
 #   docker buildx build --platform linux/amd64,linux/arm64 --target full  -t edgeclean:full .
-# Without Docker, scripts/build_bench_image.sh builds the bench target with buildah from a
-# locally debootstrapped bookworm base and runs `edgeclean bench` inside it. See docs/device-lab.md.
+# Without Docker, scripts/build_image.sh bench|full builds a target with buildah from a
+# locally debootstrapped bookworm base and runs it once (bench: `edgeclean bench --json`; full:
+# `edgeclean run --method none` on the demo suspect). See docs/device-lab.md.
 
 ARG BASE_IMAGE=python:3.11-slim-bookworm
 
 # ---------------------------------------------------------------- wheel: the edgeclean package
 FROM ${BASE_IMAGE} AS wheel
-# Build-time only: a CA bundle for pip behind a TLS-intercepting proxy (see scripts/build_bench_image.sh).
+# Build-time only: a CA bundle for pip behind a TLS-intercepting proxy (see scripts/build_image.sh).
 ARG PIP_CERT
 WORKDIR /src
 COPY pyproject.toml README.md ./
@@ -29,7 +30,7 @@ RUN python3 -m venv /opt/build \
 
 # ---------------------------------------------------------------- bench: device side, no torch
 FROM ${BASE_IMAGE} AS bench
-# Build-time only: a CA bundle for pip behind a TLS-intercepting proxy (see scripts/build_bench_image.sh).
+# Build-time only: a CA bundle for pip behind a TLS-intercepting proxy (see scripts/build_image.sh).
 ARG PIP_CERT
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
@@ -51,25 +52,33 @@ CMD ["--help"]
 
 # ---------------------------------------------------------------- full: edgeclean run (CPU torch)
 FROM ${BASE_IMAGE} AS full
-# Build-time only: a CA bundle for pip behind a TLS-intercepting proxy (see scripts/build_bench_image.sh).
+# Build-time only: a CA bundle for pip behind a TLS-intercepting proxy (see scripts/build_image.sh).
 ARG PIP_CERT
-# torch comes from PyTorch's CPU-only index: PyPI's default torch wheel pulls several GB of CUDA.
-# (The edgeclean dev host installs the same 2.13.0 CPU build from a local wheel instead.) The
+# torch is the CPU-only build: PyPI's default torch wheel pulls several GB of CUDA. It comes from
+# a CPU torch wheel for the target platform placed in TORCH_WHEEL_DIR (a folder of the build
+# context; scripts/build_image.sh full puts the host's there, for hosts that cannot reach
+# PyTorch's index), else from PyTorch's CPU-only index. Its own dependencies come from PyPI. The
 # pinned requirements come next; edgeclean itself is installed WITH its dependencies so anything
 # added to pyproject.toml arrives too (the torch already there satisfies its torch range).
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
 ARG TORCH_VERSION=2.13.0
+ARG TORCH_WHEEL_DIR=docker/wheels
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1
 COPY docker/requirements-full.txt /tmp/requirements-full.txt
+COPY ${TORCH_WHEEL_DIR} /tmp/torch-wheels
 COPY --from=wheel /wheels /wheels
 RUN python3 -m venv /opt/venv \
-    && pip install --no-cache-dir --disable-pip-version-check --index-url "${TORCH_INDEX_URL}" "torch==${TORCH_VERSION}" \
+    && if ls /tmp/torch-wheels/torch-*.whl >/dev/null 2>&1; then \
+         pip install --no-cache-dir --disable-pip-version-check --find-links /tmp/torch-wheels "torch==${TORCH_VERSION}+cpu"; \
+       else \
+         pip install --no-cache-dir --disable-pip-version-check --index-url "${TORCH_INDEX_URL}" "torch==${TORCH_VERSION}"; \
+       fi \
     && pip install --no-cache-dir --disable-pip-version-check -r /tmp/requirements-full.txt \
     && pip install --no-cache-dir --disable-pip-version-check /wheels/edgeclean-*.whl \
     && python3 -c "import torch; assert '+cpu' in torch.__version__ or not torch.cuda.is_available()" \
-    && rm -rf /wheels /tmp/requirements-full.txt \
+    && rm -rf /wheels /tmp/torch-wheels /tmp/requirements-full.txt \
     && groupadd --gid 10001 edge \
     && useradd --create-home --uid 10001 --gid 10001 --shell /usr/sbin/nologin edge
 USER 10001:10001

@@ -6,6 +6,8 @@ QDQ S8S8, per-channel weights, float biases, compacted), and prints the real fil
 ``ranks.estimate_bytes``. ``--fit`` prints least-squares constants for ``ranks.COST``.
 
     OMP_NUM_THREADS=1 /work/venv/bin/python benchmarks/onnx_bytes.py [--fit]
+    /work/venv/bin/python benchmarks/onnx_bytes.py --breakdown model.onnx model.fp32.onnx  # where int8 bytes go
+    OMP_NUM_THREADS=1 /work/venv/bin/python benchmarks/onnx_bytes.py --ratios benchmarks/results/int8_ratio.json
 """
 
 from __future__ import annotations
@@ -41,6 +43,125 @@ def quantize(src: str, dst: str, shape) -> None:
     quantize_int8(Path(src), Path(dst), np.random.default_rng(0).random((4, *shape), dtype=np.float32))
 
 
+def int8_breakdown(int8_path: str, fp32_path: str | None = None) -> dict:
+    """Where an int8 ONNX file's bytes go: weights, their per-channel scales, biases, activation
+    quantisation parameters, nodes, names. With ``fp32_path``, each part as a fraction of the fp32
+    file too, and ``floor``: (int8 weights + weight scales + biases) / fp32 bytes, the ratio no
+    per-channel QDQ graph can beat whatever its node overhead."""
+    import onnx
+    from onnx import numpy_helper
+
+    proto = onnx.load(int8_path)
+    g = proto.graph
+    inits = {t.name: t for t in g.initializer}
+    consumer: dict[str, str] = {}
+    for node in g.node:
+        for x in node.input:
+            consumer.setdefault(x, node.op_type)
+    parts = {"weights_int8": 0, "weight_scales": 0, "weight_zero_points": 0, "biases": 0,
+             "activation_qparams": 0, "other_initializers": 0}
+    for t in g.initializer:
+        a, size = numpy_helper.to_array(t), t.ByteSize()
+        users = [n for n in g.node if t.name in n.input]
+        role = None
+        for n in users:
+            k = list(n.input).index(t.name)
+            if n.op_type == "DequantizeLinear" and a.ndim > 1 and k == 0:
+                role = "weights_int8"
+            elif n.op_type == "DequantizeLinear" and a.ndim == 1 and k == 1:
+                role = "weight_scales"
+            elif n.op_type == "DequantizeLinear" and a.ndim == 1 and k == 2:
+                role = "weight_zero_points"
+            elif n.op_type in ("Conv", "Gemm") and k == 2 or a.ndim == 1 and n.op_type == "DequantizeLinear" and k == 0:
+                role = "biases"
+            elif n.op_type in ("QuantizeLinear", "DequantizeLinear") and a.ndim == 0:
+                role = "activation_qparams"
+        parts[role or "other_initializers"] += size
+    for node in g.node:
+        key = "nodes_" + ("qdq" if node.op_type in ("QuantizeLinear", "DequantizeLinear") else "compute")
+        parts[key] = parts.get(key, 0) + node.ByteSize()
+    total = proto.ByteSize()
+    parts["rest"] = total - sum(parts.values())
+    out = {"int8_bytes": total, "parts": parts}
+    if fp32_path:
+        fp32 = os.path.getsize(fp32_path)
+        out["fp32_bytes"] = fp32
+        out["parts_over_fp32"] = {k: round(v / fp32, 4) for k, v in parts.items()}
+        out["ratio"] = total / fp32
+        out["floor"] = (parts["weights_int8"] + parts["weight_scales"] + parts["biases"]) / fp32
+    return out
+
+
+def quantize_previous_format(src: str, dst: str, shape) -> None:
+    """The int8 format before the compaction (for before/after figures): the same quantisation with
+    int32 biases, every zero point, the quantiser's names and metadata (edge names already short)."""
+    import onnx
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    from edgeclean.export import _short_edge_names
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.items = iter([{"input": np.random.default_rng(0).random((4, *shape), dtype=np.float32)}])
+
+        def get_next(self):
+            return next(self.items, None)
+
+    pre = dst + ".pre.onnx"
+    quant_pre_process(src, pre, skip_symbolic_shape=False)
+    op_types = sorted({n.op_type for n in onnx.load(pre).graph.node} - {"BatchNormalization"})
+    quantize_static(pre, dst, Reader(), quant_format=QuantFormat.QDQ, activation_type=QuantType.QInt8,
+                    weight_type=QuantType.QInt8, per_channel=True, op_types_to_quantize=op_types)
+    os.unlink(pre)
+    proto = onnx.load(dst)
+    proto.ir_version = min(proto.ir_version, 13)
+    _short_edge_names(proto)
+    onnx.save(proto, dst)
+
+
+def ratio_cases():
+    """The three models of the int8 size target: the demo suspect, the demo after C&C to 400 kB
+    (no fine-tuning), and bench_export.py's full-width ResNet-18 factorised to 1/8."""
+    from edgeclean.cc import CCConfig, clean_and_compact
+    from edgeclean.load import load_suspect
+
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import bench_export
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    demo, spec = load_suspect(os.path.join(root, "models", "demo_badnets_resnet18.pt"))
+    yield "demo suspect (dense)", demo, spec
+    cleaned, _ = clean_and_compact(demo, spec, budget_bytes=400_000, config=CCConfig(do_finetune=False))
+    yield "demo after C&C to 400 kB (no fine-tuning)", cleaned, spec
+    r18, r18_spec = bench_export.random_resnet18()
+    fact, _ = bench_export.factorise_to(r18, 1 / 8)
+    yield "full-width ResNet-18 factorised to 1/8 (bench_export)", fact, r18_spec
+
+
+def ratios(out_json: str | None) -> None:
+    import json
+
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for label, model, spec in ratio_cases():
+            f32, old, new = (os.path.join(tmp, n) for n in ("m.onnx", "old.onnx", "new.onnx"))
+            export_onnx(model.eval(), spec, f32, config=ExportConfig(write_ort=False, parity_samples=4))
+            quantize_previous_format(f32, old, spec.input_shape)
+            quantize(f32, new, spec.input_shape)
+            b = int8_breakdown(new, f32)
+            row = {"model": label, "fp32_bytes": b["fp32_bytes"], "int8_bytes_previous_format": os.path.getsize(old),
+                   "ratio_previous_format": os.path.getsize(old) / b["fp32_bytes"], "int8_bytes": b["int8_bytes"],
+                   "ratio": b["ratio"], "floor": b["floor"], "parts": b["parts"]}
+            rows.append(row)
+            print(f"{label:55s} fp32 {row['fp32_bytes']:>10,d}  before {row['ratio_previous_format']:.4f}  "
+                  f"after {row['ratio']:.4f}  floor (weights+scales+biases) {row['floor']:.4f}", flush=True)
+    if out_json:
+        with open(out_json, "w") as f:
+            json.dump(rows, f, indent=2)
+            f.write("\n")
+
+
 def factorised(model: nn.Module, frac: float) -> nn.Module:
     def rep(m, n):
         r_in, r_out = full_ranks(m)
@@ -52,6 +173,17 @@ def factorised(model: nn.Module, frac: float) -> nn.Module:
 
 
 def main():
+    if "--breakdown" in sys.argv:  # --breakdown MODEL.int8.onnx [MODEL.fp32.onnx]
+        import json
+
+        i = sys.argv.index("--breakdown")
+        print(json.dumps(int8_breakdown(*sys.argv[i + 1:i + 3]), indent=2))
+        return
+    if "--ratios" in sys.argv:  # --ratios [OUT.json]
+        torch.set_num_threads(1)
+        i = sys.argv.index("--ratios")
+        ratios(sys.argv[i + 1] if len(sys.argv) > i + 1 else None)
+        return
     torch.manual_seed(0)
     torch.set_num_threads(1)
     cases = [

@@ -404,11 +404,15 @@ def quantize_int8(fp32_path: Path, out_path: Path, calib: np.ndarray) -> None:
 
         # A BN that could not be folded (pre-activation nets) stays float between Q/DQ pairs:
         # its rank-1 parameters have no output-channel axis to quantise per channel.
-        op_types = sorted({n.op_type for n in onnx.load(str(pre)).graph.node} - {"BatchNormalization"})
+        nodes = onnx.load(str(pre)).graph.node
+        op_types = sorted({n.op_type for n in nodes} - {"BatchNormalization"})
+        # The input normalisation stays float: quantising it costs three Q/DQ pairs and int8 copies
+        # of mean and std, and the first conv's input is quantised anyway.
+        exclude = [n.name for n in nodes if n.name in ("input/Sub", "input/Div")]
         quantize_static(
             str(pre), str(out_path), Reader(calib, name), quant_format=QuantFormat.QDQ,
             activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, per_channel=True,
-            op_types_to_quantize=op_types, extra_options={"QuantizeBias": False},
+            op_types_to_quantize=op_types, nodes_to_exclude=exclude, extra_options={"QuantizeBias": False},
         )
     finally:
         pre.unlink(missing_ok=True)
