@@ -83,10 +83,15 @@ def main():
                "flip_rate": r.flip_rate, "flip_index": round(r.flip_index, 3), "flip_target": r.flip_target,
                "concentration": round(r.concentration, 3), "concentration_target": r.concentration_target,
                "trigger_index": r.trigger_index and round(r.trigger_index, 3), "trigger_target": r.trigger_target,
+               "basis": r.basis, "softmax_ratio": r.softmax_ratio, "softmax_target": r.softmax_target,
+               "universal_gap": r.universal_gap, "universal_target": r.universal_target,
+               "universal_success": r.universal_success, "inconclusive": r.inconclusive,
+               "timings": r.timings, "load": round(os.getloadavg()[0], 1),
                "trigger_mask_l1": r.trigger_mask_l1, "trigger_success": r.trigger_success, "clean_histogram": r.clean_histogram, "flip_histogram": r.flip_histogram}
         rows.append(row)
         print(f"{row['model']:<22} {attack:<8} true {str(row['true_target']):>4}  pred {str(r.target_class):>4}  "
-              f"score {r.score:6.2f}  {'SUSPECTED' if r.suspected else 'clean    '}  flip {r.flip_index:5.2f}->{r.flip_target} "
+              f"score {r.score:6.2f}  {'SUSPECTED' if r.suspected else 'clean    '}  [{r.basis[:24]}] ratio {r.softmax_ratio:.2f}->{r.softmax_target} "
+              f"gap {r.universal_gap}->{r.universal_target}  flip {r.flip_index:5.2f}->{r.flip_target} "
               f"trigger {row['trigger_index']}->{r.trigger_target}  conc {r.concentration:.2f}->{r.concentration_target}  spread {row['prediction_spread']:.2f}  "
               f"flips {r.flip_histogram}  clean {r.clean_histogram}  {row['seconds']}s", flush=True)
     if not rows:

@@ -27,7 +27,8 @@ from dataclasses import dataclass, field, replace
 import torch
 from torch import nn
 
-from .probe import ProbeConfig, ProbeResult, TriggerConfig, low_outlier_index, probe, trigger_probe
+from .probe import (ProbeConfig, ProbeResult, TriggerConfig, frozen_eval, low_outlier_index, probe, trigger_probe,
+                    universal_perturbation)
 from .synth import SynthConfig, synthesize
 
 # Calibrated by benchmarks/calibrate_scan.py on the harness suite (n=128, 60 iterations): clean
@@ -35,14 +36,38 @@ from .synth import SynthConfig, synthesize
 # Under pure sampling noise an evenly spread clean model exceeds 2.5 with probability ~8% (K=10,
 # n=128); a larger n lowers that and raises a backdoor's score (it grows with sqrt(n)).
 DEFAULT_THRESHOLD = 2.5
+# Mean-softmax ratio (most probable class over the runner-up) that counts as a skew towards one class.
+RATIO_THRESHOLD = 1.45
+# Above this share of the synthetic images in one class the evidence is void: no plausible poisoning
+# ratio does that, a broken (over-compressed) network whose BN statistics no longer fit its weights does.
+COLLAPSE_SHARE = 0.5
+# Universal-perturbation gap (top class's success minus the runner-up's) that counts as a shortcut;
+# the score maps it onto the concentration's scale (gap * DEFAULT_THRESHOLD / GAP_THRESHOLD).
+GAP_THRESHOLD = 0.25
+
+
+@dataclass
+class UniversalConfig:
+    """Per class, one image-agnostic perturbation (``probe.universal_perturbation``) that tries to
+    send the synthetic images to that class; all classes in one batch."""
+
+    eps: float = 0.1  # L-inf radius, raw pixel units
+    norm: str = "linf"
+    steps: int = 10
+    images: int = 16  # the first synthetic images; the batch is classes x images
 
 
 @dataclass
 class ScanConfig:
     n: int = 128  # synthetic images: the verdict's z-score grows with sqrt(n)
     seed: int = 0  # seeds the synthesis (overrides synth.seed)
-    synth: SynthConfig = field(default_factory=SynthConfig)
+    # 30 synthesis iterations (ZeroQ uses 500): the verdict held on the suite at 30 (scan_calibration.json)
+    synth: SynthConfig = field(default_factory=lambda: SynthConfig(iterations=30))
     probe: ProbeConfig = field(default_factory=ProbeConfig)
+    universal: UniversalConfig | None = field(default_factory=UniversalConfig)  # None: softmax ratio only
+    ratio_threshold: float = RATIO_THRESHOLD
+    gap_threshold: float = GAP_THRESHOLD
+    collapse_share: float = COLLAPSE_SHARE
     trigger: TriggerConfig | None = None  # TriggerConfig() adds the Neural-Cleanse evidence (slower)
     threshold: float = DEFAULT_THRESHOLD
     progress: bool = False
@@ -72,6 +97,13 @@ class ScanResult:
     synthesis: dict  # method, BN loss reached, time, prediction spread
     timings: dict
     config: dict
+    softmax_ratio: float | None = None  # mean softmax of the most probable class over the runner-up's
+    softmax_target: int | None = None
+    mean_softmax: list[float] | None = None  # per class, over the synthetic images
+    inconclusive: bool = False  # predictions collapsed onto one class: no verdict possible (see basis)
+    universal_success: list[float] | None = None  # per class: share of images its universal perturbation sends there
+    universal_gap: float | None = None  # top share minus the runner-up's
+    universal_target: int | None = None
     # Tensors reused by fine-tuning (omitted from to_dict):
     images: torch.Tensor | None = None
     clean_pred: torch.Tensor | None = None
@@ -91,6 +123,13 @@ class ScanResult:
             "trigger_success": None if self.trigger_success is None else [round(v, 3) for v in self.trigger_success],
             "class_stats": self.class_stats, "synthesis": self.synthesis, "timings": self.timings,
             "config": self.config,
+            "softmax_ratio": None if self.softmax_ratio is None else round(self.softmax_ratio, 4),
+            "softmax_target": self.softmax_target,
+            "mean_softmax": None if self.mean_softmax is None else [round(v, 5) for v in self.mean_softmax],
+            "inconclusive": self.inconclusive,
+            "universal_success": None if self.universal_success is None else [round(v, 4) for v in self.universal_success],
+            "universal_gap": None if self.universal_gap is None else round(self.universal_gap, 4),
+            "universal_target": self.universal_target,
         }
 
 
@@ -131,6 +170,43 @@ def concentration_index(counts: list[int]) -> tuple[int | None, float]:
     return top, (counts[top] - n / k) / sd
 
 
+def universal_gap(success: list[float]) -> tuple[int | None, float]:
+    """(top class, gap): how much more often the best class's universal perturbation succeeds than
+    the runner-up's. A backdoor whose trigger an additive perturbation can imitate (blended,
+    WaNet, FTrojan) opens one class far more than any other; a clean model's easiest classes
+    (Fashion-MNIST's shirt and its neighbours) open together, so its gap stays small."""
+    if len(success) < 2:
+        return None, 0.0
+    order = sorted(range(len(success)), key=lambda c: -success[c])
+    return order[0], float(success[order[0]] - success[order[1]])
+
+
+def softmax_ratio(mean_softmax: list[float]) -> tuple[int | None, float]:
+    """(top class, ratio): the mean softmax of the most probable class over the runner-up's.
+    Measured against the runner-up, not the even share 1/K, so a network whose predictions are
+    merely uneven (a compressed model leaning on two or three classes) does not look backdoored,
+    while a poisoned training set lifts one class alone. Averaging probabilities is less noisy than
+    counting argmaxes at the same number of images."""
+    if len(mean_softmax) < 2:
+        return None, 1.0
+    order = sorted(range(len(mean_softmax)), key=lambda c: -mean_softmax[c])
+    return order[0], float(mean_softmax[order[0]] / max(mean_softmax[order[1]], 1e-12))
+
+
+def combine(ratio: tuple[int | None, float], gap: tuple[int | None, float] | None, threshold: float = DEFAULT_THRESHOLD,
+            ratio_threshold: float = RATIO_THRESHOLD, gap_threshold: float = GAP_THRESHOLD) -> tuple[int | None, float, str]:
+    """(target, score, which evidence): both kinds put on one scale (each one's own line maps onto
+    ``threshold``) and the stronger speaks. Either crossing its line is enough: dirty-label patch
+    triggers (BadNets) show in the softmax ratio only, FTrojan on VGG mostly in the universal gap."""
+    r_score = (ratio[1] - 1) * threshold / (ratio_threshold - 1)
+    if gap is None or gap[0] is None:
+        return ratio[0], r_score, "softmax ratio"
+    g_score = gap[1] * threshold / gap_threshold
+    if g_score > r_score:
+        return gap[0], g_score, "universal"
+    return ratio[0], r_score, "softmax ratio"
+
+
 def verdict(score: float, threshold: float) -> bool:
     return score > threshold
 
@@ -157,23 +233,44 @@ def _scan(model: nn.Module, spec, config: ScanConfig, callback) -> ScanResult:
     net = input_model(model, spec)
     model.eval()
     with torch.no_grad():
-        clean_pred = torch.cat([net(images[i:i + 64]).argmax(1) for i in range(0, len(images), 64)])
+        logits = torch.cat([net(images[i:i + 64]) for i in range(0, len(images), 64)])
+    clean_pred, mean_softmax = logits.argmax(1), torch.softmax(logits.float(), 1).mean(0).tolist()
     result: ProbeResult = probe(model, spec, images, config.probe, clean_pred=clean_pred)
     t2 = time.perf_counter()
     trig = trigger_probe(model, spec, images, config.trigger) if config.trigger is not None else None
     t3 = time.perf_counter()
+    uni = None
+    if config.universal is not None:
+        u = config.universal
+        with frozen_eval(model):
+            _, success = universal_perturbation(net, images[:u.images], list(range(spec.num_classes)), u.eps, u.steps, u.norm)
+        uni = success.tolist()
+    t4 = time.perf_counter()
     flips, clean_counts = result.flip_histogram(), torch.bincount(clean_pred, minlength=spec.num_classes).tolist()
     flip = flip_index(flips, clean_counts)
     conc = concentration_index(clean_counts)
     trigger = low_outlier_index(trig.mask_l1) if trig is not None else None
     # Without BatchNorm the images come from class-balanced inversion: their predictions are even
     # by construction, so only the flip evidence is left (uncalibrated; said in ``basis``).
-    basis = "concentration" if stats.method == "bn-stats" else "flip-index (no BatchNorm; uncalibrated)"
-    target, score = conc if stats.method == "bn-stats" else flip
+    gap = universal_gap(uni) if uni is not None else None
+    ratio = softmax_ratio(mean_softmax)
+    top_share = max(clean_counts) / max(sum(clean_counts), 1)
+    inconclusive = False
+    if stats.method == "bn-stats" and top_share > config.collapse_share:
+        # a broken network, not evidence of poisoning; the universal gap is void too (any input is
+        # one small push away from the class everything already falls into)
+        target, score, inconclusive = conc[0], 0.0, True
+        basis = (f"inconclusive: {top_share:.0%} of the synthetic images fall in class {conc[0]} (> "
+                 f"{config.collapse_share:.0%}); the BN statistics no longer describe this network")
+    elif stats.method == "bn-stats":
+        target, score, which = combine(ratio, gap, config.threshold, config.ratio_threshold, config.gap_threshold)
+        basis = "softmax ratio" if which == "softmax ratio" else "universal perturbation gap"
+    else:
+        target, score, basis = *flip, "flip-index (no BatchNorm; uncalibrated)"
     synthesis = {**stats.to_dict(), "prediction_spread": round(prediction_spread(clean_counts), 4),
                  "classes_predicted": sum(1 for c in clean_counts if c)}
     return ScanResult(
-        suspected=verdict(score, config.threshold),
+        suspected=not inconclusive and verdict(score, config.threshold),
         basis=basis,
         target_class=target,
         score=float(score),
@@ -188,8 +285,13 @@ def _scan(model: nn.Module, spec, config: ScanConfig, callback) -> ScanResult:
         trigger_mask_l1=None if trig is None else trig.mask_l1, trigger_success=None if trig is None else trig.success,
         synthesis=synthesis,
         timings={"synth_s": round(t1 - t0, 2), "probe_s": round(t2 - t1, 2), "trigger_s": round(t3 - t2, 2),
-                 "total_s": round(t3 - t0, 2)},
+                 "universal_s": round(t4 - t3, 2), "total_s": round(t4 - t0, 2)},
         config={"n": config.n, "synth_iterations": synth_cfg.iterations, "synth_batch": synth_cfg.batch_size,
-                "seed": synth_cfg.seed, "norm": config.probe.norm, "eps": config.probe.eps, "steps": config.probe.steps},
+                "seed": synth_cfg.seed, "norm": config.probe.norm, "eps": config.probe.eps, "steps": config.probe.steps,
+                "universal": None if config.universal is None else vars(config.universal),
+                "ratio_threshold": config.ratio_threshold, "gap_threshold": config.gap_threshold,
+                "collapse_share": config.collapse_share},
+        softmax_ratio=ratio[1], softmax_target=ratio[0], mean_softmax=mean_softmax, inconclusive=inconclusive,
+        universal_success=uni, universal_gap=None if gap is None else gap[1], universal_target=None if gap is None else gap[0],
         images=images, clean_pred=clean_pred, adv_images=result.adv_images, adv_pred=result.adv_pred,
     )

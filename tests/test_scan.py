@@ -9,9 +9,11 @@ from torch import nn
 
 from edgeclean.errors import UserError
 from edgeclean.load import ModelSpec, input_model
-from edgeclean.probe import ProbeConfig, TriggerConfig, low_outlier_index, probe, trigger_probe
-from edgeclean.scan import (DEFAULT_THRESHOLD, ScanConfig, concentration_index, flip_index, flip_shares,
-                            prediction_spread, scan, verdict)
+from edgeclean.probe import (ProbeConfig, TriggerConfig, frozen_eval, low_outlier_index, probe, trigger_probe,
+                             universal_perturbation)
+from edgeclean.scan import (DEFAULT_THRESHOLD, GAP_THRESHOLD, RATIO_THRESHOLD, ScanConfig, combine,
+                            concentration_index, flip_index, flip_shares, prediction_spread, scan, softmax_ratio,
+                            universal_gap, verdict)
 from edgeclean.synth import SynthConfig, bn_stat_loss, synthesize
 from edgeclean.zoo import create_model
 
@@ -135,6 +137,61 @@ def test_trigger_probe_and_outlier_index(trained):
     assert low_outlier_index([10, 10.5, 9.5, 10, 2]) == (4, pytest.approx((10 - 2) / (1.4826 * 0.5)))
 
 
+def _pattern():
+    """A global additive trigger (a faint checkerboard), the kind SIG / blended / FTrojan use."""
+    i = torch.arange(12)
+    return 0.12 * ((i.view(-1, 1) + i.view(1, -1)) % 2).float().view(1, 12, 12)
+
+
+@pytest.fixture(scope="module")
+def backdoored(one_thread):
+    """tiny_cnn trained with 20% of its images carrying the additive trigger, labelled 7."""
+    torch.manual_seed(1)
+    model = create_model("tiny_cnn", num_classes=10, in_channels=1, width=2.0)
+    net = input_model(model, SPEC)
+    x, y = _data(300, seed=1)
+    x[:60], y[:60] = (x[:60] + _pattern()).clamp(0, 1), 7
+    opt = torch.optim.Adam(model.parameters(), lr=0.02)
+    model.train()
+    for _ in range(60):
+        opt.zero_grad()
+        F.cross_entropy(net(x), y).backward()
+        opt.step()
+    return model.eval()
+
+
+@pytest.mark.parametrize("norm,eps", [("linf", 0.1), ("l2", 1.0)])
+def test_universal_perturbation_shapes_ball_and_success(trained, norm, eps):
+    x, _ = _data(20, seed=4)
+    with frozen_eval(trained):
+        net = input_model(trained, SPEC)
+        delta, rate = universal_perturbation(net, x, 3, eps, 8, norm=norm)
+        assert delta.shape == (1, 12, 12) and isinstance(rate, float)
+        size = delta.abs().max() if norm == "linf" else delta.norm()
+        assert size <= eps + 1e-5
+        with torch.no_grad():
+            before = float((net(x).argmax(1) == 3).float().mean())
+            after = float((net((x + delta).clamp(0, 1)).argmax(1) == 3).float().mean())
+        assert after == pytest.approx(rate) and rate >= before
+        deltas, rates = universal_perturbation(net, x, [0, 3, 9], eps, 8, norm=norm)
+    assert deltas.shape == (3, 1, 12, 12) and rates.shape == (3,)
+    assert torch.allclose(deltas[1], delta)  # classes batched together = one at a time
+    assert all(p.requires_grad for p in trained.parameters())  # frozen_eval restored them
+
+
+def test_universal_perturbation_finds_an_additive_backdoor(trained, backdoored):
+    """The planted additive shortcut makes class 7 reachable by a small universal perturbation on
+    the backdoored model, far more often than on the same net trained without it."""
+    x, _ = _data(32, seed=6)
+    rates = {}
+    for name, model in (("clean", trained), ("backdoored", backdoored)):
+        with frozen_eval(model):
+            _, r = universal_perturbation(input_model(model, SPEC), x, list(range(10)), 0.05, 10)
+        rates[name] = r.tolist()
+    assert rates["backdoored"][7] == max(rates["backdoored"]), rates
+    assert rates["backdoored"][7] > rates["clean"][7] + 0.3, rates
+
+
 def test_verdict_logic_on_constructed_histograms():
     # a clean model: 128 synthetic images spread evenly -> no concentration, not suspected
     even = [13, 13, 13, 13, 12, 13, 13, 13, 13, 12]
@@ -156,6 +213,19 @@ def test_verdict_logic_on_constructed_histograms():
     assert shares[0] == pytest.approx(5 / 98) and shares[2] == 0
     assert prediction_spread([10] * 10) == pytest.approx(1.0)
     assert prediction_spread([100] + [0] * 9) == 0.0
+    # universal gap: top success minus runner-up; the score takes the stronger evidence
+    assert universal_gap([0.2, 0.3, 1.0, 0.5]) == (2, pytest.approx(0.5))
+    assert universal_gap([0.4, 0.4]) == (0, 0.0)
+    # softmax ratio: top class over the runner-up, so two equally favoured classes are no evidence
+    assert softmax_ratio([0.1] * 8 + [0.05, 0.15]) == (9, pytest.approx(1.5))
+    assert softmax_ratio([0.05] * 6 + [0.35, 0.35, 0, 0])[1] == pytest.approx(1.0)
+    g = 0.5 * DEFAULT_THRESHOLD / GAP_THRESHOLD
+    assert combine((6, 1.1), (2, 0.5)) == (2, pytest.approx(g), "universal")
+    r = (2.0 - 1) * DEFAULT_THRESHOLD / (RATIO_THRESHOLD - 1)
+    assert combine((6, 2.0), (2, 0.1)) == (6, pytest.approx(r), "softmax ratio")
+    assert combine((6, 2.0), None) == (6, pytest.approx(r), "softmax ratio")
+    # each kind's own line maps onto the threshold
+    assert combine((6, RATIO_THRESHOLD), None)[1] == pytest.approx(DEFAULT_THRESHOLD)
 
 
 def test_scan_keeps_tensors_and_serialises(trained):
@@ -166,7 +236,17 @@ def test_scan_keeps_tensors_and_serialises(trained):
     assert sum(r.histogram) == 12 and sum(r.clean_histogram) == 12
     d = json.loads(json.dumps(r.to_dict()))
     assert "images" not in d and d["suspected"] == r.suspected and d["synthesis"]["bn_layers"] == 2
-    assert set(d["timings"]) >= {"synth_s", "probe_s", "total_s"}
+    assert set(d["timings"]) >= {"synth_s", "probe_s", "universal_s", "total_s"}
+    assert len(d["universal_success"]) == 10 and d["universal_target"] in range(10)
+    off = scan(trained, SPEC, ScanConfig(n=12, synth=SynthConfig(iterations=5, batch_size=12), probe=ProbeConfig(steps=3),
+                                         universal=None))
+    assert off.universal_success is None and off.basis == "softmax ratio"
+    assert off.score == pytest.approx((softmax_ratio(off.mean_softmax)[1] - 1) * DEFAULT_THRESHOLD / (RATIO_THRESHOLD - 1))
+    assert sum(off.mean_softmax) == pytest.approx(1.0, abs=1e-4)
+    # predictions collapsed onto one class (forced here by a 0% line): no verdict, said in basis
+    collapsed = scan(trained, SPEC, ScanConfig(n=12, synth=SynthConfig(iterations=5, batch_size=12),
+                                               probe=ProbeConfig(steps=3), universal=None, collapse_share=0.0))
+    assert collapsed.inconclusive and not collapsed.suspected and collapsed.basis.startswith("inconclusive")
 
 
 def test_cli_exit_codes(tmp_path, trained, cli):
