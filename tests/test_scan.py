@@ -253,12 +253,13 @@ def test_cli_exit_codes(tmp_path, trained, cli):
     path = tmp_path / "tiny.pt"
     torch.save(trained.state_dict(), path)
     (tmp_path / "tiny.json").write_text(json.dumps({"spec": SPEC.to_dict() | {"arch_kwargs": {}}}))
-    fast = ["--n", "8", "--iterations", "3", "--steps", "2", "--threads", "1", "--json"]
+    fast = ["--n", "30", "--iterations", "20", "--steps", "2", "--threads", "1", "--json"]
     clean = cli("scan", path, *fast, "--threshold", "1000")
     assert clean.returncode == 0, clean.stderr
     out = json.loads(clean.stdout)
     assert out["suspected"] is False and len(out["histogram"]) == 10
-    flagged = cli("scan", path, "--n", "8", "--iterations", "3", "--steps", "2", "--threads", "1", "--threshold", "-1")
+    assert out["inconclusive"] is False, out["clean_histogram"]
+    flagged = cli("scan", path, "--n", "30", "--iterations", "20", "--steps", "2", "--threads", "1", "--threshold", "-1")
     assert flagged.returncode == 1, flagged.stderr
     assert "SUSPECTED" in flagged.stdout and "score" in flagged.stdout
     missing = cli("scan", tmp_path / "nope.pt")
