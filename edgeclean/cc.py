@@ -33,6 +33,7 @@ from .ranks import (
     LayerSpectrum, RankConfig, allocate_ranks, check_precision, conv_bytes, energy_ranks, estimate_bytes,
 )
 from .scaling import ScaleConfig, scale_mode
+from .unlearn import PatchConfig, patch_head, prune_head_units
 
 
 @dataclass
@@ -45,6 +46,9 @@ class CCConfig:
     probe_eps: float | None = None  # None: probe's default
     do_scale: bool = True  # False: "synthetic fine-tuning alone" (ablation)
     do_finetune: bool = True  # False: "rank scaling alone" (ablation)
+    # patch the teacher's head against a trigger reverse-engineered for the scan's suspected target
+    # before distilling (unlearn.py); None: distil from the unpatched suspect
+    patch: PatchConfig | None = field(default_factory=PatchConfig)
     seed: int = 0
     progress: bool = False
 
@@ -61,13 +65,14 @@ class CCReport:
     timings: dict
     finetune: dict
     data: dict
+    patch: dict | None  # unlearn.PatchResult of the teacher's head patch (None: no target suspected / off)
     config: dict
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d["tau_scale"] = self.config.get("scale", {}).get("tau") if self.config.get("do_scale") else None
         d["cc"] = {k: d[k] for k in ("rank_policy", "budget_bytes", "precision", "estimated_bytes_before",
-                                      "estimated_bytes_after", "timings", "data")}
+                                      "estimated_bytes_after", "timings", "data", "patch")}
         d["cc"]["scaling"] = self.config.get("scale") if self.config.get("do_scale") else "off"
         d["cc"]["factorized_layers"] = sum(1 for l in self.layers if l["ranks"])
         d["cc"]["scaled_components"] = sum(len(m["indices"]) for l in self.layers for m in l["scaled"].values())
@@ -185,16 +190,25 @@ def clean_and_compact(model: nn.Module, spec, budget_bytes: int | None = None, p
     timings["replace_s"] = time.perf_counter() - t0
 
     # 5. synthetic data, 6. fine-tune
-    ft_stats, data_info = {"steps": 0}, {}
+    ft_stats, data_info, patch_info = {"steps": 0}, {}, None
     if config.do_finetune:
         t0 = time.perf_counter()
         images, adv_images, adv_index, data_info = synthetic_data(teacher, spec, config.n_synthetic, config, scan_result)
         timings["data_s"] = time.perf_counter() - t0
+        # the scan's suspected target class aims the patch (and any online perturbations)
+        target = getattr(scan_result, "target_class", None) if getattr(scan_result, "suspected", False) else None
+        kd_teacher = teacher
+        if config.patch is not None and target is not None:
+            t0 = time.perf_counter()
+            kd_teacher = copy.deepcopy(teacher).eval()
+            patched = patch_head(input_model(kd_teacher, spec), kd_teacher, images, target, config.patch)
+            if patched is not None:
+                prune_head_units(student, patched.units)
+                patch_info = asdict(patched)
+            timings["patch_s"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         ft_cfg = replace(config.finetune, seed=config.seed, progress=config.progress or config.finetune.progress)
-        # aim online perturbations at the scan's suspected target class; untargeted when none is suspected
-        target = getattr(scan_result, "target_class", None) if getattr(scan_result, "suspected", False) else None
-        ft_stats = finetune(input_model(student, spec), input_model(teacher, spec), images, adv_images, adv_index,
+        ft_stats = finetune(input_model(student, spec), input_model(kd_teacher, spec), images, adv_images, adv_index,
                             ft_cfg, target_class=target)
         ft_stats["target_class"] = target
         timings["finetune_s"] = time.perf_counter() - t0
@@ -209,7 +223,7 @@ def clean_and_compact(model: nn.Module, spec, budget_bytes: int | None = None, p
     report = CCReport(
         spec=new_spec.to_dict(), budget_bytes=budget_bytes, precision=precision, rank_policy=policy,
         estimated_bytes_before=before, estimated_bytes_after=estimate_bytes(student, precision),
-        layers=layers, timings=timings, finetune=ft_stats, data=data_info,
+        layers=layers, timings=timings, finetune=ft_stats, data=data_info, patch=patch_info,
         config=json.loads(json.dumps(asdict(config), default=str)),
     )
     return student, report

@@ -453,4 +453,6 @@ def input_model(model: nn.Module, spec: ModelSpec) -> nn.Module:
     """The model as a function of the raw input space; the network itself when no normalisation."""
     if all(m == 0 for m in spec.mean) and all(s == 1 for s in spec.std):
         return model
-    return InputNormalized(model, spec.mean, spec.std)
+    # the wrapper takes the model's mode: code that saves and restores ``net.training`` must not
+    # flip an eval-mode model into train mode through a fresh (train-mode) wrapper
+    return InputNormalized(model, spec.mean, spec.std).train(model.training)

@@ -1,0 +1,225 @@
+"""Patch the teacher before distilling: prune the head inputs a reverse-engineered trigger excites.
+
+Why: C&C distils the compact student from the suspect on synthetic images. Those images match
+BatchNorm statistics of the (poisoned) training set, so some carry trigger-like features, the
+suspect labels them as the target class, and distillation re-teaches the backdoor (measured:
+benchmarks/CC_NOTES.md). So the teacher is patched first, Neural-Cleanse style (Wang et al.,
+S&P 2019), with synthetic images only:
+
+  1. ``reverse_trigger``: for the suspected target class, optimise one trigger shared by all
+     synthetic images that sends them to the target: a mask + pattern (patch triggers) and an
+     L-inf bounded additive perturbation (blended / global triggers).
+  2. ``excited_units``: the inputs of the classifier head (penultimate features) whose mean
+     activation rises most when the trigger is stamped on.
+  3. ``patch_head``: zero those head columns, most excited first, until the triggers send fewer
+     than ``success_below`` of held-out synthetic images to the target.
+
+The student then learns from the patched teacher, whose answers on trigger-like synthetic images
+no longer point at the target. Every function here is pure math on tensors and modules: no I/O.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass
+class PatchConfig:
+    kinds: tuple[str, ...] = ("mask", "additive")  # trigger shapes to reverse-engineer
+    steps: int = 200  # Adam steps per trigger
+    mask_weight: float = 5.0  # L1 weight on the mask's mean (Neural Cleanse's lambda, rescaled)
+    # L-inf bound of the additive trigger, raw pixel units. Measured (CC_NOTES section 7): at 0.2 a
+    # universal perturbation sends most synthetic images to ANY class (it is no longer trigger-specific)
+    # and pruning against it costs clean accuracy; at 0.1 it reaches the target of a blended backdoor
+    # (0.8) but not a clean class (0.1-0.2).
+    eps: float = 0.1
+    shortcut: float = 0.5  # a trigger counts only if it sends at least this share of held-out images to the target
+    success_below: float = 0.3  # stop pruning once every counted trigger flips fewer held-out images
+    max_fraction: float = 0.5  # never prune more than this share of the head's inputs
+    n_reverse: int = 128  # synthetic images the trigger is optimised on
+    n_check: int = 128  # held-out synthetic images the success is measured on
+
+
+@dataclass
+class Trigger:
+    kind: str
+    target: int
+    success: float  # share of the optimisation images it sends to the target
+    mask: torch.Tensor | None = None  # 1 x 1 x H x W in [0, 1]
+    pattern: torch.Tensor | None = None  # 1 x C x H x W in [0, 1]
+    delta: torch.Tensor | None = None  # 1 x C x H x W, |delta| <= eps
+
+    def apply(self, x: torch.Tensor) -> torch.Tensor:
+        if self.kind == "mask":
+            return (1 - self.mask) * x + self.mask * self.pattern
+        return (x + self.delta).clamp(0, 1)
+
+    def size(self) -> float:
+        """Mask L1 (pixels) or the additive trigger's L-inf norm."""
+        return float(self.mask.sum()) if self.kind == "mask" else float(self.delta.abs().max())
+
+
+@dataclass
+class PatchResult:
+    head: str
+    units: list[int]  # pruned head inputs, most trigger-excited first
+    n_inputs: int
+    success_before: float  # max over triggers, held-out synthetic images
+    success_after: float
+    triggers: list[dict] = field(default_factory=list)
+
+
+def _frozen(net: nn.Module):
+    was = [p.requires_grad for p in net.parameters()]
+    for p in net.parameters():
+        p.requires_grad_(False)
+    return was
+
+
+def _restore(net: nn.Module, was) -> None:
+    for p, w in zip(net.parameters(), was):
+        p.requires_grad_(w)
+
+
+def reverse_trigger(net: nn.Module, images: torch.Tensor, target: int, kind: str,
+                    config: PatchConfig = PatchConfig()) -> Trigger:
+    """One trigger of ``kind`` ("mask" or "additive") that sends ``images`` (raw, [0, 1]) to ``target``.
+
+    ``net`` takes raw inputs; it is used in eval mode and left unchanged.
+    """
+    was_training, was = net.training, _frozen(net)
+    net.eval()
+    _, c, h, w = images.shape
+    labels = torch.full((len(images),), target, dtype=torch.long)
+    try:
+        if kind == "mask":
+            m_logit = torch.full((1, 1, h, w), -3.0, requires_grad=True)
+            p_logit = torch.zeros((1, c, h, w), requires_grad=True)
+            opt = torch.optim.Adam([m_logit, p_logit], lr=0.1)
+            for _ in range(config.steps):
+                m, p = torch.sigmoid(m_logit), torch.sigmoid(p_logit)
+                loss = F.cross_entropy(net((1 - m) * images + m * p), labels) + config.mask_weight * m.mean()
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+            trig = Trigger(kind, target, 0.0, mask=torch.sigmoid(m_logit).detach(), pattern=torch.sigmoid(p_logit).detach())
+        elif kind == "additive":
+            delta = torch.zeros((1, c, h, w), requires_grad=True)
+            opt = torch.optim.Adam([delta], lr=config.eps / 20)
+            for _ in range(config.steps):
+                loss = F.cross_entropy(net((images + delta).clamp(0, 1)), labels)
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                with torch.no_grad():
+                    delta.clamp_(-config.eps, config.eps)
+            trig = Trigger(kind, target, 0.0, delta=delta.detach())
+        else:
+            raise ValueError(f"unknown trigger kind {kind!r}; use 'mask' or 'additive'")
+        trig.success = success_rate(net, images, trig)
+        return trig
+    finally:
+        _restore(net, was)
+        net.train(was_training)
+
+
+@torch.no_grad()
+def success_rate(net: nn.Module, images: torch.Tensor, trigger: Trigger) -> float:
+    """Share of ``images`` that ``trigger`` sends to its target class."""
+    return float((net(trigger.apply(images)).argmax(1) == trigger.target).float().mean())
+
+
+def classifier_head(model: nn.Module) -> tuple[str, nn.Linear] | None:
+    """The last ``nn.Linear`` of ``model`` (the classifier head), or None."""
+    linears = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    return linears[-1] if linears else None
+
+
+@torch.no_grad()
+def head_inputs(net: nn.Module, head: nn.Linear, images: torch.Tensor) -> torch.Tensor:
+    """The activations entering ``head`` (N x features) when ``net`` runs on ``images``."""
+    seen = {}
+    handle = head.register_forward_pre_hook(lambda _m, inputs: seen.__setitem__("a", inputs[0].detach()))
+    try:
+        net(images)
+    finally:
+        handle.remove()
+    return seen["a"].flatten(1)
+
+
+def excited_units(net: nn.Module, head: nn.Linear, images: torch.Tensor, triggers: list[Trigger]) -> torch.Tensor:
+    """Per head input: the largest (over triggers) rise of its mean activation when a trigger is stamped on."""
+    clean = head_inputs(net, head, images).mean(0)
+    rises = [head_inputs(net, head, t.apply(images)).mean(0) - clean for t in triggers]
+    return torch.stack(rises).max(0).values
+
+
+@torch.no_grad()
+def prune_until(net: nn.Module, head: nn.Linear, images: torch.Tensor, triggers: list[Trigger],
+                order: torch.Tensor, config: PatchConfig) -> tuple[list[int], float]:
+    """Zero head columns in ``order`` until every trigger's success on ``images`` is below the bound.
+
+    Bisection over the number of pruned units (success falls, by and large, as more are pruned).
+    Leaves ``head`` with the chosen columns zeroed; returns (units, success after).
+    """
+    original = head.weight.detach().clone()
+    limit = max(1, int(config.max_fraction * head.in_features))
+
+    def success_with(k: int) -> float:
+        head.weight.copy_(original)
+        head.weight[:, order[:k]] = 0
+        return max(success_rate(net, images, t) for t in triggers)
+
+    lo, hi = 0, limit
+    if success_with(hi) >= config.success_below:
+        lo = hi  # even the limit does not silence it: prune the limit and say so
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if success_with(mid) < config.success_below:
+            hi = mid
+        else:
+            lo = mid
+    k = hi
+    after = success_with(k)
+    return [int(i) for i in order[:k]], after
+
+
+def patch_head(net: nn.Module, model: nn.Module, images: torch.Tensor, target: int,
+               config: PatchConfig = PatchConfig()) -> PatchResult | None:
+    """Reverse-engineer triggers for ``target`` on ``images`` and prune ``model``'s head in place.
+
+    ``net`` is ``model`` as a function of raw inputs (``load.input_model``). Returns None when the
+    model has no ``nn.Linear`` head. Half of the images (``n_reverse``) fit the triggers, the rest
+    (``n_check``) measure their success, so pruning is judged on images the triggers never saw.
+    """
+    found = classifier_head(model)
+    if found is None:
+        return None
+    name, head = found
+    net.eval()
+    fit, check = images[: config.n_reverse], images[config.n_reverse: config.n_reverse + config.n_check]
+    if len(check) == 0:
+        fit, check = images[: len(images) // 2], images[len(images) // 2:]
+    found_triggers = [reverse_trigger(net, fit, target, kind, config) for kind in config.kinds]
+    held = [success_rate(net, check, t) for t in found_triggers]
+    triggers = [t for t, s in zip(found_triggers, held) if s >= config.shortcut]
+    info = [{"kind": t.kind, "size": round(t.size(), 3), "success_fit": round(t.success, 3),
+             "success_held_out": round(s, 3), "used": s >= config.shortcut} for t, s in zip(found_triggers, held)]
+    if not triggers:  # nothing behaves like a shortcut to the target: leave the head alone
+        return PatchResult(name, [], head.in_features, round(max(held), 4), round(max(held), 4), info)
+    before = max(held)
+    order = excited_units(net, head, check, triggers).argsort(descending=True)
+    units, after = prune_until(net, head, check, triggers, order, config)
+    return PatchResult(name, units, head.in_features, round(before, 4), round(after, 4), info)
+
+
+@torch.no_grad()
+def prune_head_units(model: nn.Module, units: list[int]) -> None:
+    """Zero the given input columns of ``model``'s classifier head (the student gets the teacher's patch)."""
+    found = classifier_head(model)
+    if found is not None and units:
+        found[1].weight[:, units] = 0

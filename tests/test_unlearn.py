@@ -1,0 +1,110 @@
+"""Teacher patch: trigger reverse-engineering and head pruning on a hand-built backdoored network."""
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from edgeclean.unlearn import (
+    PatchConfig, classifier_head, excited_units, patch_head, prune_head_units, reverse_trigger, success_rate,
+)
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+TARGET = 2
+
+
+def clean_images(n, seed):
+    """Three classes: fixed random prototypes plus noise, in [0, 0.5]; labels alongside."""
+    protos = 0.5 * torch.rand(3, 1, 8, 8, generator=torch.Generator().manual_seed(100))
+    g = torch.Generator().manual_seed(seed)
+    y = torch.randint(0, 3, (n,), generator=g)
+    return (protos[y] + 0.1 * torch.randn(n, 1, 8, 8, generator=g)).clamp(0, 0.5), y
+
+
+def stamp(x):
+    x = x.clone()
+    x[:, :, 5:7, 5:7] = 1.0
+    return x
+
+
+def backdoored():
+    """A small CNN trained (BadNets, 10% poisoned) on the prototype task: a real backdoor, learnt."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.AvgPool2d(4), nn.Flatten(), nn.Linear(32, 3))
+    x, y = clean_images(600, 1)
+    x[:60], y[:60] = stamp(x[:60]), TARGET
+    opt = torch.optim.Adam(net.parameters(), lr=0.02)
+    for step in range(200):
+        i = torch.randint(0, len(x), (64,), generator=torch.Generator().manual_seed(step))
+        loss = torch.nn.functional.cross_entropy(net(x[i]), y[i])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return net.eval()
+
+
+@pytest.fixture(scope="module")
+def model():
+    net = backdoored()
+    x, y = clean_images(256, 2)
+    with torch.no_grad():
+        assert (net(x).argmax(1) == y).float().mean() > 0.95  # learnt the task
+        assert (net(stamp(x[y != TARGET])).argmax(1) == TARGET).float().mean() > 0.95  # and the backdoor
+    return net
+
+
+def real_asr(net, x, y):
+    with torch.no_grad():
+        return float((net(stamp(x[y != TARGET])).argmax(1) == TARGET).float().mean())
+
+
+def test_mask_trigger_is_found_and_small(model):
+    x, _ = clean_images(64, 3)
+    trig = reverse_trigger(model, x, TARGET, "mask", PatchConfig(steps=150))
+    assert trig.success > 0.9
+    assert trig.size() < 16  # a few pixels, not the whole 64-pixel image
+    assert success_rate(model, clean_images(64, 4)[0], trig) > 0.9  # universal: works on unseen images
+    assert all(p.requires_grad for p in model.parameters())  # parameters left trainable
+
+
+def test_the_most_excited_unit_carries_the_backdoor(model):
+    x, y = clean_images(128, 3)
+    trig = reverse_trigger(model, x, TARGET, "mask", PatchConfig(steps=150))
+    rise = excited_units(model, model[-1], x, [trig])
+    net = copy.deepcopy(model)
+    prune_head_units(net, [int(rise.argmax())])
+    quiet = copy.deepcopy(model)
+    prune_head_units(quiet, [int(rise.argmin())])
+    assert real_asr(net, x, y) < real_asr(quiet, x, y)
+
+
+def test_patch_head_silences_the_real_trigger_and_keeps_clean_accuracy(model):
+    net = copy.deepcopy(model)
+    x, _ = clean_images(256, 3)
+    held, y = clean_images(256, 5)
+    # a patch backdoor: the mask trigger (on this 8x8 toy an L-inf 0.1 perturbation is a large one)
+    result = patch_head(net, net, x, TARGET, PatchConfig(kinds=("mask",), steps=150, n_reverse=128, n_check=128))
+    assert result is not None and result.head == "4"
+    assert 0 < len(result.units) <= 16  # max_fraction 0.5 of the 32 head inputs
+    assert result.success_before > 0.9 and result.success_after < 0.3
+    assert real_asr(net, held, y) < 0.3  # the real trigger, never seen by the patch
+    with torch.no_grad():
+        # 2 of 32 units go; on this 32-feature toy they also carry some clean signal (0.79 measured)
+        assert (net(held).argmax(1) == y).float().mean() > 0.7
+
+
+def test_patch_head_leaves_a_model_without_shortcut_alone(model):
+    net = copy.deepcopy(model)
+    w = net[-1].weight.detach().clone()
+    # class 0 has no backdoor: with a strict shortcut bar no trigger for it counts
+    result = patch_head(net, net, clean_images(256, 3)[0], 0, PatchConfig(steps=100, eps=0.02, shortcut=0.99, kinds=("additive",)))
+    assert result.units == [] and torch.equal(net[-1].weight, w)
+
+
+def test_prune_head_units_and_missing_head(model):
+    net = copy.deepcopy(model)
+    prune_head_units(net, [1, 3])
+    assert net[-1].weight[:, [1, 3]].abs().sum() == 0 and net[-1].weight[:, 0].abs().sum() > 0
+    assert classifier_head(nn.Sequential(nn.Conv2d(1, 2, 3))) is None
