@@ -92,6 +92,15 @@ def git_commit() -> dict:
     return {"commit": git("rev-parse", "--short", "HEAD"), "dirty": bool(dirty), "dirty_files": dirty}
 
 
+def code_hash(*names: str) -> str:
+    import hashlib
+
+    h = hashlib.sha1()
+    for n in names:
+        h.update((ROOT / "edgeclean" / n).read_bytes())
+    return h.hexdigest()[:10]
+
+
 def machine() -> dict:
     import onnxruntime as ort
 
@@ -181,17 +190,18 @@ class Suspect:
         from edgeclean.scan import ScanConfig, ScanResult, scan
 
         if self._scan is None:
-            key = self.dir / f"scan_seed{self.seed}.pt"
-            if key.exists():
+            # keyed by the scan code itself: a changed scan/synth/probe never reuses old images
+            key = self.dir / f"scan_seed{self.seed}_{code_hash('scan.py', 'synth.py', 'probe.py')}.pt"
+            if key.exists():  # our own cache file, written below: a full pickle is fine here
                 d = torch.load(key, weights_only=False)
             else:
                 t0 = time.perf_counter()
                 r = scan(self.model, self.spec, ScanConfig(seed=self.seed, threads=1))
-                d = {"fields": r.to_dict(), "seconds": time.perf_counter() - t0,
-                     "tensors": {k: getattr(r, k) for k in ("images", "clean_pred", "adv_images", "adv_pred")}}
+                d = {"result": r, "seconds": time.perf_counter() - t0}
                 key.parent.mkdir(parents=True, exist_ok=True)
                 torch.save(d, key)
-            self._scan = (ScanResult(**d["fields"], **d["tensors"]), d["seconds"])
+            assert isinstance(d["result"], ScanResult)
+            self._scan = (d["result"], d["seconds"])
         return self._scan
 
 
@@ -299,6 +309,8 @@ def table1_cell(s: Suspect, method: str) -> dict:
     scan, scan_s = s.scan() if uses_scan else (None, 0.0)
     budget = s.original_onnx()[1] // 8 if method in ("rs-alone", "ft-alone", "cc", "cc+ngf") else None
     cell["budget_bytes"] = budget
+    if scan is not None:
+        cell["scan_code"] = code_hash("scan.py", "synth.py", "probe.py")
     if method == "none":
         cell.update(measure(s, s.model, out))
         cell.update({"method_s": 0.0, "scan_s": 0.0})
@@ -384,6 +396,8 @@ def table2_cell(s: Suspect, method: str, ratio: int | None) -> dict:
     out = s.dir / "t2" / f"{method}_r{ratio}.onnx"
     # the scan's synthetic images: int8 calibration and C&C's fine-tuning data
     scan, scan_s = s.scan() if method in ("int8", "cc-fp32", "cc-int8", "prune+ft") else (None, 0.0)
+    if scan is not None:
+        cell["scan_code"] = code_hash("scan.py", "synth.py", "probe.py")
     held = len(scan.images) // 4 if scan is not None else 0  # as pipeline.run: calibrate on 3/4, judge on 1/4
     calib = dict(calib=scan.images[held:], eval_inputs=scan.images[:held]) if scan is not None else {}
     if method == "original":
