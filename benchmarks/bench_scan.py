@@ -63,6 +63,9 @@ def main():
     ap.add_argument("--iterations", type=int, nargs="*", default=[None], help="synthesis iterations to time")
     ap.add_argument("--n", type=int, default=None)
     ap.add_argument("--threads", type=int, default=None, help="torch threads for the scan (ScanConfig.threads)")
+    ap.add_argument("--steps", type=int, default=None, help="PGD steps (ScanConfig.probe.steps)")
+    ap.add_argument("--uap-steps", type=int, default=None, help="universal perturbation steps")
+    ap.add_argument("--uap-images", type=int, default=None, help="universal perturbation images")
     args = ap.parse_args()
     model, spec = calibrated_resnet18(parse_shape(args.shape))
     print(f"resnet18 width 1.0, input {args.shape}, {sum(p.numel() for p in model.parameters()):,} params, "
@@ -73,12 +76,18 @@ def main():
             cfg.synth = replace(cfg.synth, iterations=iters)
         if args.n:
             cfg.n = args.n
+        if args.steps:
+            cfg.probe = replace(cfg.probe, steps=args.steps)
+        if args.uap_steps or args.uap_images:
+            cfg.universal = replace(cfg.universal, steps=args.uap_steps or cfg.universal.steps,
+                                    images=args.uap_images or cfg.universal.images)
         load0 = os.getloadavg()[0]
         t = time.perf_counter()
         r = scan(model, spec, cfg)
         total = time.perf_counter() - t
         print(f"n={cfg.n} synth_iters={cfg.synth.iterations} pgd={cfg.probe.norm}/{cfg.probe.eps}/{cfg.probe.steps} steps: "
-              f"scan {total:.1f}s (synth {r.timings['synth_s']:.1f}s, probe {r.timings['probe_s']:.1f}s), "
+              f"scan {total:.1f}s (synth {r.timings['synth_s']:.1f}s, probe {r.timings['probe_s']:.1f}s, "
+              f"universal {r.timings.get('universal_s', 0):.1f}s), "
               f"BN loss {r.synthesis['bn_loss_start']:.3f} -> {r.synthesis['bn_loss_end']:.3f}, "
               f"load avg {load0:.1f} -> {os.getloadavg()[0]:.1f}  {'UNDER' if total < 120 else 'OVER'} 2 min")
 

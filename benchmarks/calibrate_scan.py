@@ -63,8 +63,14 @@ def main():
         saved = json.loads(Path(args.from_json).read_text())
         rows = saved["rows"]
         cfg.n = saved.get("config", {}).get("n") or cfg.n
-        for r in rows:
-            r["suspected"] = r["score"] > cfg.threshold
+        from edgeclean.scan import combine
+
+        for r in rows:  # re-judge the stored evidence with the current verdict rule (same pure function)
+            if r.get("softmax_ratio") is not None and not r.get("inconclusive"):
+                gap = (r.get("universal_target"), r.get("universal_gap")) if r.get("universal_gap") is not None else None
+                r["predicted_target"], r["score"], r["basis"] = combine((r["softmax_target"], r["softmax_ratio"]), gap,
+                                                                         cfg.threshold)
+            r["suspected"] = r["score"] > cfg.threshold and not r.get("inconclusive")
         paths = []
     for path in paths:
         card_path = path.with_suffix(".json")

@@ -220,9 +220,11 @@ def test_verdict_logic_on_constructed_histograms():
     assert softmax_ratio([0.1] * 8 + [0.05, 0.15]) == (9, pytest.approx(1.5))
     assert softmax_ratio([0.05] * 6 + [0.35, 0.35, 0, 0])[1] == pytest.approx(1.0)
     g = 0.5 * DEFAULT_THRESHOLD / GAP_THRESHOLD
-    assert combine((6, 1.1), (2, 0.5)) == (2, pytest.approx(g), "universal")
     r = (2.0 - 1) * DEFAULT_THRESHOLD / (RATIO_THRESHOLD - 1)
-    assert combine((6, 2.0), (2, 0.1)) == (6, pytest.approx(r), "softmax ratio")
+    # the gap adds only when it points at the softmax ratio's class
+    assert combine((6, 2.0), (6, 0.5)) == (6, pytest.approx(r + g), "softmax ratio + universal gap")
+    assert combine((6, 2.0), (2, 0.5)) == (6, pytest.approx(r), "softmax ratio")
+    assert combine((6, 1.0), (6, 0.0))[1] == 0.0
     assert combine((6, 2.0), None) == (6, pytest.approx(r), "softmax ratio")
     # each kind's own line maps onto the threshold
     assert combine((6, RATIO_THRESHOLD), None)[1] == pytest.approx(DEFAULT_THRESHOLD)
