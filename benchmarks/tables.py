@@ -543,7 +543,12 @@ def commits(cells: dict) -> str:
         seen[key] = seen.get(key, 0) + 1
     dates = sorted(c["date"][:16] for c in cells.values()) if cells else []
     span = f"{dates[0]} – {dates[-1]} UTC" if dates else "–"
-    return ", ".join(f"`{k}` ({n} cells)" for k, n in seen.items()) + f"; computed {span}"
+    scans = {}
+    for c in cells.values():
+        if c.get("scan_code"):
+            scans[c["scan_code"]] = scans.get(c["scan_code"], 0) + 1
+    scan_note = ("; scan code " + ", ".join(f"`{k}` ({n} cells)" for k, n in scans.items())) if scans else ""
+    return ", ".join(f"`{k}` ({n} cells)" for k, n in seen.items()) + f"; computed {span}{scan_note}"
 
 
 def loads(cells: dict) -> str:
@@ -644,6 +649,7 @@ def render_table3() -> list[str]:
         ("probing (scan before, PGD)", lambda c: c["scan_before_timings"].get("probe_s")),
         ("decomposition + scaling + rank allocation", lambda c: sum(c["cc_timings"].get(k, 0) for k in ("decompose_s", "scale_s", "allocate_s", "replace_s"))),
         ("synthetic data top-up (for fine-tuning)", lambda c: c["cc_timings"].get("data_s")),
+        ("teacher patch (C&C `patch`, if the run has it)", lambda c: c["cc_timings"].get("patch_s")),
         ("fine-tuning", lambda c: c["cc_timings"].get("finetune_s")),
         ("export (original + cleaned, parity, int8 incl.)", lambda c: c["stages"].get("export")),
         ("  of which quantisation (re-timed alone)", lambda c: c.get("quantisation_s")),
@@ -652,6 +658,9 @@ def render_table3() -> list[str]:
         ("total wall time of `run`", lambda c: c.get("wall_s")),
     ]
     names = ordered(T3_MODELS, cells)
+    known = {"decompose_s", "scale_s", "allocate_s", "replace_s", "data_s", "patch_s", "finetune_s", "total_s"}
+    for k in sorted({k for c in cells.values() for k in c["cc_timings"]} - known):  # stages added to C&C later
+        rows.insert(-5, (f"C&C {k[:-2] if k.endswith('_s') else k}", lambda c, k=k: c["cc_timings"].get(k)))
     lines += ["| stage | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
     for label, get in rows:
         vals = []
