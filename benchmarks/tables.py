@@ -551,6 +551,16 @@ def commits(cells: dict) -> str:
     return ", ".join(f"`{k}` ({n} cells)" for k, n in seen.items()) + f"; computed {span}{scan_note}"
 
 
+def runtimes(cells: dict) -> str:
+    """Wall time the cached cells took to compute, per method (scans are cached per suspect and
+    counted in the first cell that needed one)."""
+    per = {}
+    for (_, m, _), c in cells.items():
+        n, t = per.get(m, (0, 0.0))
+        per[m] = (n + 1, t + c.get("cell_wall_s", c.get("wall_s", 0.0)))
+    return "Compute time of the cells: " + ", ".join(f"{m} {t / 60:.1f} min ({n})" for m, (n, t) in per.items())
+
+
 def loads(cells: dict) -> str:
     la = [c["loadavg_start"][0] for c in cells.values() if "loadavg_start" in c]
     return f"load average (1 min) at the start of the cells {min(la):.1f}–{max(la):.1f}" if la else ""
@@ -594,7 +604,8 @@ def render_table1() -> list[str]:
         lines.append(f"| {label} | {len(bd)} | {pct(avg(bd, 'ca'))} | {pct(avg(bd, 'asr'))} | {pct(avg(bd, 'racc'))} | "
                      f"{pct(avg(bd, 'der')) if m != 'none' else '–'} | {kb(avg(bd, 'bytes'))} | {mmacs(avg(bd, 'macs'))} | "
                      f"{secs(avg(bd, 'time_s')) if m != 'none' else '–'} | {clean_col} |")
-    lines += ["", f"Cells: {commits(cells)}; {loads(cells)}. † = partial test set (`--limit`), * = uncommitted code.", ""]
+    lines += ["", f"Cells: {commits(cells)}; {loads(cells)}. † = partial test set (`--limit`), * = uncommitted code.",
+              "", runtimes(cells) + ".", ""]
     return lines
 
 
@@ -631,7 +642,8 @@ def render_table2() -> list[str]:
                 mr = "–" if not orig else f"{orig['macs'] / c['macs']:.1f}x"
                 lines.append(f"| {s}{mark(c)} | 1/{r} | {label} | {fits} | {pct(c['ca'])} | {pct(c.get('asr'))} | {kb(c['bytes'])} | "
                              f"{mmacs(c['macs'])} | {c['p50_ms_1t']:.3f} | {c['p50_ms_2t']:.3f} | {sp} | {mr} |")
-    lines += ["", f"Cells: {commits(cells)}; {loads(cells)}. † = partial test set (`--limit`), * = uncommitted code.", ""]
+    lines += ["", f"Cells: {commits(cells)}; {loads(cells)}. † = partial test set (`--limit`), * = uncommitted code.",
+              "", runtimes(cells) + ".", ""]
     return lines
 
 
