@@ -33,6 +33,7 @@ from edgeclean.load import input_model, load_suspect, read_card  # noqa: E402
 from edgeclean.metrics import evaluate  # noqa: E402
 from edgeclean.ranks import estimate_bytes  # noqa: E402
 from edgeclean.scaling import ScaleConfig  # noqa: E402
+from edgeclean.unlearn import PatchConfig  # noqa: E402
 
 CACHE = Path(__file__).resolve().parent.parent / ".cache" / "cc_synth"
 
@@ -97,12 +98,15 @@ def main():
     ap.add_argument("suspects", nargs="+")
     ap.add_argument("--variants", default="none,zscore-clip-3")
     ap.add_argument("--limit", type=int, default=2000)
-    ap.add_argument("--n", type=int, default=256)
-    ap.add_argument("--steps", type=int, default=300)
+    ap.add_argument("--n", type=int, default=CCConfig.n_synthetic)
+    ap.add_argument("--steps", type=int, default=FinetuneConfig.steps)
     ap.add_argument("--ratio", type=float, default=8.0, help="budget = original fp32 estimate / ratio")
     ap.add_argument("--bn", default="train")
     ap.add_argument("--lr", type=float, default=1e-3)
-    ap.add_argument("--adv-weight", type=float, default=1.0)
+    ap.add_argument("--adv-weight", type=float, default=FinetuneConfig.adv_weight)
+    ap.add_argument("--patch-eps", type=float, default=PatchConfig.eps, help="L-inf bound of the additive trigger of the teacher patch")
+    ap.add_argument("--patch-kinds", default=",".join(PatchConfig.kinds))
+    ap.add_argument("--no-patch", action="store_true", help="distil from the unpatched suspect")
     ap.add_argument("--online-steps", type=int, default=0)
     ap.add_argument("--online-eps", type=float, default=0.1)
     ap.add_argument("--online-weight", type=float, default=1.0)
@@ -125,7 +129,8 @@ def main():
                                                                  online_eps=args.online_eps, online_weight=args.online_weight,
                                                                  temperature=args.temperature, drop_target=args.drop_target,
                                                                  suppress_target=args.suppress_target,
-                                                                 trigger_eps=args.trigger_eps, trigger_weight=args.trigger_weight))
+                                                                 trigger_eps=args.trigger_eps, trigger_weight=args.trigger_weight),
+                    patch=None if args.no_patch else PatchConfig(eps=args.patch_eps, kinds=tuple(args.patch_kinds.split(","))))
     for s in args.suspects:
         path = Path(s)
         card = read_card(path)
@@ -159,7 +164,7 @@ def main():
                     sel = test.y == tc
                     res["target_recall"] = float((m(test.x[sel]).argmax(1) == tc).float().mean())
             n_scaled = sum(len(m.get("indices", [])) for l in report.layers for m in l["scaled"].values())
-            row = {"suspect": path.name, "attack": attack, "target": target, "variant": v,
+            row = {"suspect": path.name, "attack": attack, "target": target, "variant": v, "patch": report.patch,
                    "ca": round(res["ca"], 4), "asr": round(res.get("asr", float("nan")), 4),
                    "racc": round(res.get("racc", float("nan")), 4),
                    "target_recall": round(res.get("target_recall", float("nan")), 4),

@@ -41,7 +41,7 @@ class CCConfig:
     scale: ScaleConfig = field(default_factory=ScaleConfig)
     ranks: RankConfig = field(default_factory=RankConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
-    n_synthetic: int = 256  # clean synthetic images for fine-tuning (the scan's are reused first)
+    n_synthetic: int = 512  # clean synthetic images for fine-tuning (the scan's are reused first)
     synth_iterations: int | None = None  # None: synth's default
     probe_eps: float | None = None  # None: probe's default
     do_scale: bool = True  # False: "synthetic fine-tuning alone" (ablation)
@@ -85,7 +85,9 @@ def _layer_entry(name, conv, ranks, reason, scaled):
 
 
 def synthetic_data(model: nn.Module, spec, n: int, config: CCConfig, scan_result=None):
-    """(images, adv_images, adv_index, info): the scan's synthetic set, topped up to ``n`` images."""
+    """(images, adv_images, adv_index, info): the scan's synthetic set, topped up to ``n`` images.
+
+    New images get adversarial versions only when the fine-tuning uses them (``adv_weight > 0``)."""
     from .probe import ProbeConfig, probe
     from .synth import SynthConfig, synthesize
 
@@ -103,11 +105,11 @@ def synthetic_data(model: nn.Module, spec, n: int, config: CCConfig, scan_result
         if config.synth_iterations:
             synth_cfg = replace(synth_cfg, iterations=config.synth_iterations)
         new = synthesize(model, spec, n - have, synth_cfg)
-        probe_cfg = ProbeConfig() if config.probe_eps is None else ProbeConfig(eps=config.probe_eps)
-        result = probe(model, spec, new, probe_cfg)
         images.append(new)
-        adv.append(result.adv_images)
-        adv_idx.append(torch.arange(have, have + len(new)))
+        if config.finetune.adv_weight > 0:
+            probe_cfg = ProbeConfig() if config.probe_eps is None else ProbeConfig(eps=config.probe_eps)
+            adv.append(probe(model, spec, new, probe_cfg).adv_images)
+            adv_idx.append(torch.arange(have, have + len(new)))
         info["synthesised"] = len(new)
     images = torch.cat(images)
     adv_images = torch.cat(adv) if adv else None

@@ -22,11 +22,11 @@ from torch import nn
 
 @dataclass
 class FinetuneConfig:
-    steps: int = 300
+    steps: int = 600  # CC_NOTES section 7: 600 steps on 512 images recover the demo to within ~1 pt before patching
     batch_size: int = 64
     lr: float = 1e-3  # Adam
     temperature: float = 4.0
-    adv_weight: float = 1.0
+    adv_weight: float = 0.0  # the scan's PGD pairs: off, the teacher patch (unlearn.py) does the unlearning
     shift: int = 2  # random translation in pixels (augmentation of the synthetic set)
     flip: bool = True  # random horizontal flips
     mixup: float = 0.5  # share of each batch replaced by mixes of two synthetic images (teacher labels them)
@@ -43,6 +43,9 @@ class FinetuneConfig:
     trigger_eps: float = 0.0
     trigger_steps: int = 10
     trigger_weight: float = 1.0
+    # bf16 autocast for the distillation forward passes; None: when the CPU has native bf16 (AVX-512
+    # BF16 / AMX). Measured (CC_NOTES 7): 2x faster steps on a full-width ResNet-18, demo 89.2/0.4 vs 88.3/0.0
+    bf16: bool | None = None
     seed: int = 0
     progress: bool = False
 
@@ -138,15 +141,18 @@ def finetune(student: nn.Module, teacher: nn.Module, images: torch.Tensor, adv_i
             pred = torch.cat([teacher(images[i:i + 256]).argmax(1) for i in range(0, len(images), 256)])
         keep = (pred != target_class).nonzero().flatten()
         pool = keep if len(keep) else pool
+    use_bf16 = native_bf16() if config.bf16 is None else config.bf16
     history, start = [], time.perf_counter()
     bar = _bar(config.progress, config.steps)
     try:
         for step in range(config.steps):
             idx = pool[torch.randint(0, len(pool), (config.batch_size,), generator=gen)]
             x = augment(images[idx], config, gen)
-            with torch.no_grad():
-                t_logits = _suppress(teacher(x), target_class, config.suppress_target)
-            loss_kd = kd_loss(student(x), t_logits, config.temperature)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16):
+                with torch.no_grad():
+                    t_logits = _suppress(teacher(x), target_class, config.suppress_target).float()
+                s_logits = student(x).float()
+            loss_kd = kd_loss(s_logits, t_logits, config.temperature)
             loss = loss_kd
             loss_adv = torch.zeros(())
             if adv_target is not None and config.adv_weight > 0:
@@ -171,7 +177,15 @@ def finetune(student: nn.Module, teacher: nn.Module, images: torch.Tensor, adv_i
         if bar is not None:
             bar[0].stop()
         student.eval()
-    return {"steps": config.steps, "seconds": round(time.perf_counter() - start, 2), "history": history}
+    return {"steps": config.steps, "seconds": round(time.perf_counter() - start, 2), "bf16": use_bf16, "history": history}
+
+
+def native_bf16() -> bool:
+    """Whether this CPU runs bf16 natively (else autocast would emulate it, slower than fp32)."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
 
 
 def _bar(enabled: bool, total: int):

@@ -136,14 +136,14 @@ def _ngf_data(config: RunConfig, spec, scan_result):
 
 def _compress(model, spec, config: RunConfig, budget_bytes, precision, scan_result, stages: Stages, scale: bool):
     """Clean & Compact: with ``scale`` the full method; without it, ranks to the budget plus
-    distillation only (no rank scaling, no adversarial unlearning): "compress only"."""
+    distillation only (no rank scaling, no teacher patch, no adversarial unlearning): "compress only"."""
     from dataclasses import replace
 
     from .cc import CCConfig, clean_and_compact
 
     cfg = config.extra.get("cc") or CCConfig(seed=config.seed)
     if not scale:
-        cfg = replace(cfg, do_scale=False, finetune=replace(cfg.finetune, adv_weight=0.0))
+        cfg = replace(cfg, do_scale=False, patch=None, finetune=replace(cfg.finetune, adv_weight=0.0))
     with stages("clean & compact" if scale else "compress"):
         model, report = clean_and_compact(model, spec, budget_bytes=budget_bytes, precision=precision,
                                           config=cfg, scan_result=scan_result)

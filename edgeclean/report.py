@@ -141,6 +141,18 @@ def render_html(report: dict) -> str:
         out.append(bar_chart(s.get("histogram") or [], target, f"{label}: adversarial"))
     out.append("</div>")
 
+    patch = (report.get("cc") or {}).get("patch")
+    if patch:
+        out.append("<h2>Teacher patch (backdoor unlearning)</h2>")
+        out.append(f"<p>Triggers reverse-engineered on synthetic images for the suspected target class; the "
+                   f"classifier head's inputs they excite most were pruned before distilling: "
+                   f"<b>{len(patch.get('units', []))} of {patch.get('n_inputs')}</b> inputs of <code>{_e(patch.get('head'))}</code>. "
+                   f"Share of held-out synthetic images the triggers send to the target: "
+                   f"<b>{patch.get('success_before', 0):.0%} → {patch.get('success_after', 0):.0%}</b>.</p>")
+        out.append(_table(["trigger", "size", "success (fit)", "success (held out)", "used"],
+                          [[t.get("kind"), t.get("size"), t.get("success_fit"), t.get("success_held_out"),
+                            "yes" if t.get("used") else "no"] for t in patch.get("triggers", [])]))
+
     spectra = report.get("spectra") or []
     if spectra:
         out.append("<h2>Normalised singular values (Tucker-2 modes)</h2>")
