@@ -66,6 +66,7 @@ class CCReport:
     finetune: dict
     data: dict
     patch: dict | None  # unlearn.PatchResult of the teacher's head patch (None: no target suspected / off)
+    spectra: list[dict]  # normalised singular values of a few layers, for the HTML report (report_spectra)
     config: dict
 
     def to_dict(self) -> dict:
@@ -141,6 +142,7 @@ def clean_and_compact(model: nn.Module, spec, budget_bytes: int | None = None, p
 
     # 2. scale
     t0 = time.perf_counter()
+    raw_spectra = {n: {"out": t.s_out, "in": t.s_in} for n, t in tuckers.items()}  # for the report's charts
     scaled_info = {}
     if config.do_scale:
         for name, t in tuckers.items():
@@ -226,9 +228,27 @@ def clean_and_compact(model: nn.Module, spec, budget_bytes: int | None = None, p
         spec=new_spec.to_dict(), budget_bytes=budget_bytes, precision=precision, rank_policy=policy,
         estimated_bytes_before=before, estimated_bytes_after=estimate_bytes(student, precision),
         layers=layers, timings=timings, finetune=ft_stats, data=data_info, patch=patch_info,
+        spectra=report_spectra(raw_spectra, layers, config.scale) if config.do_scale else [],
         config=json.loads(json.dumps(asdict(config), default=str)),
     )
     return student, report
+
+
+def report_spectra(raw: dict, layers: list[dict], scale: ScaleConfig, limit: int = 12) -> list[dict]:
+    """Normalised singular values (before scaling) for the report's charts: the layers with scaled
+    components first, then the largest, at most ``limit`` charts. ``raw``: name -> {"out", "in"} values."""
+    from .scaling import normalise
+
+    by_name = {l["name"]: l for l in layers if l["name"] in raw}
+    ranked = sorted(by_name, key=lambda n: (-sum(len(m.get("indices", [])) for m in by_name[n]["scaled"].values()),
+                                            -by_name[n]["shape"][0] * by_name[n]["shape"][1]))
+    out = []
+    for name in ranked:
+        for mode in (m for m in ("out", "in") if m in scale.modes):
+            out.append({"layer": name, "mode": f"mode-{1 if mode == 'out' else 2} ({mode})",
+                        "values": [round(float(v), 4) for v in normalise(raw[name][mode].numpy(), scale.norm)],
+                        "scaled": (by_name[name]["scaled"].get(mode) or {}).get("indices", []), "threshold": scale.tau})
+    return out[:limit]
 
 
 def layer_spectra(modules: dict[str, nn.Conv2d], tuckers: dict) -> list[LayerSpectrum]:

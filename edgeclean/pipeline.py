@@ -191,35 +191,6 @@ def _layers_for_report(cc_layers: list[dict]) -> list[dict]:
              "note": l.get("dense_reason") or ""} for l in cc_layers]
 
 
-def _spectra(model: nn.Module, cc_layers: list[dict], scale_cfg: dict | None, limit: int = 12) -> list[dict]:
-    """Normalised Tucker-2 singular values of the suspect's convs for the HTML report: the layers
-    with scaled components first, then the largest ones, at most ``limit`` charts."""
-    if not scale_cfg:
-        return []
-    from .factorize import tucker2
-    from .scaling import normalise
-
-    by_name = {l["name"]: l for l in cc_layers}
-    ranked = sorted(by_name, key=lambda n: (-sum(len(m.get("indices", [])) for m in (by_name[n].get("scaled") or {}).values()),
-                                            -by_name[n]["shape"][0] * by_name[n]["shape"][1]))
-    out = []
-    for name in ranked:
-        conv = model.get_submodule(name)
-        if not isinstance(conv, nn.Conv2d) or conv.groups != 1:
-            continue
-        t = tucker2(conv.weight.detach())
-        for mode, values in (("out", t.s_out), ("in", t.s_in)):
-            if mode not in scale_cfg.get("modes", ("out", "in")):
-                continue
-            scaled = ((by_name[name].get("scaled") or {}).get(mode) or {}).get("indices", [])
-            out.append({"layer": name, "mode": f"mode-{1 if mode == 'out' else 2} ({mode})",
-                        "values": [round(float(v), 4) for v in normalise(values.numpy(), scale_cfg["norm"])],
-                        "scaled": scaled, "threshold": scale_cfg.get("tau")})
-        if len(out) >= limit:
-            break
-    return out[:limit]
-
-
 def _save_cleaned(model: nn.Module, spec, tmp: Path) -> None:
     from safetensors.torch import save_file
 
@@ -373,7 +344,7 @@ def _run_stages(model, spec, model_path, config, budget_bytes, precision, reason
                      "estimated_fp32_bytes": estimate_bytes(model, "fp32")},
         "stages": stages.seconds,
         "layers": _layers_for_report(info.get("layers", [])),
-        "spectra": _spectra(model, info.get("layers", []), (info.get("config") or {}).get("scale") if (info.get("config") or {}).get("do_scale") else None),
+        "spectra": info.get("spectra", []),
         "gates": gates,
         "passed": all(g["passed"] for g in gates.values()),
     }
