@@ -215,14 +215,19 @@ def scan_cmd(model, arch, input_shape, mean, std, n, iterations, norm, eps, step
         from .ui import console as make_console
 
         console = make_console()
-        verdict = "[bold red]SUSPECTED backdoor[/bold red]" if result.suspected else "[bold green]looks clean[/bold green]"
+        verdict = ("[bold red]SUSPECTED backdoor[/bold red]" if result.suspected else
+                   "[bold yellow]inconclusive[/bold yellow]" if result.inconclusive else "[bold green]looks clean[/bold green]")
         console.print(f"{model}: {verdict}  target class {result.target_class}  "
-                      f"score {result.score:.2f} (threshold {result.threshold:.2f})")
+                      f"score {result.score:.2f} (threshold {result.threshold:.2f}; {result.basis})")
+        if result.softmax_ratio is not None:
+            gap = ("" if result.universal_gap is None else
+                   f"; universal perturbation gap {result.universal_gap:.2f} (class {result.universal_target})")
+            console.print(f"evidence: softmax ratio {result.softmax_ratio:.2f} (class {result.softmax_target}){gap}")
         s = result.synthesis
         console.print(f"synthetic data: {cfg.n} images ({s['method']}), BN loss {s['bn_loss_start']:.3f} -> "
                       f"{s['bn_loss_end']:.3f}, prediction spread {s['prediction_spread']:.2f}; "
                       f"flip rate {result.flip_rate:.2f}; {result.timings['total_s']:.1f}s")
-        console.print(f"evidence: flips pile up in class {result.flip_target} (index {result.flip_index:.2f})"
+        console.print(f"not used for the verdict: flips pile up in class {result.flip_target} (index {result.flip_index:.2f})"
                       + (f"; smallest trigger mask for class {result.trigger_target} (index {result.trigger_index:.2f})"
                          if result.trigger_index is not None else ""))
         table = Table("class", "synthetic preds", "adversarial preds", "flips into", "first flips", "mean flip norm")
