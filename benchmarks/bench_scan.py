@@ -9,16 +9,21 @@ freshly initialised and its BatchNorm running statistics are set from 512 Fashio
 images (a cumulative average over forward passes in train mode) — the work the scan does is the
 same as for a trained model. The machine is shared: the load average is printed with the time.
 
-Measured 2026-11-21 on the shared 2-core machine while 5+ other jobs ran (load average 9-17):
-    --threads 1                        n=128, 60 iters: 735.9 s (synth 645.3, PGD 90.6)  OVER
-    --threads 1 --n 64 --iterations 30 n=64,  30 iters: 173.8 s (synth 139.2, PGD 34.6)  OVER
-i.e. ~2.3-2.7 s per 32-image forward+backward of the full-width ResNet-18 under that load; the
-2-minute target (~45 such steps at that speed) was not met here. Under that load one torch thread
-was ~3x faster than two (OpenMP spin-waits on an oversubscribed CPU), hence --threads.
-Re-measured 2026-11-21 22:33 with one other job running (load average 0.7 -> 4.6), default threads:
-    (defaults)                         n=128, 60 iters: 471.9 s (synth 418.8, probe 53.2)  OVER
-so the target is not met even without the contention: synthesis dominates and needs fewer
-images/iterations (or bf16) for a full-width network, at a detection cost still to be measured.
+Measured 2026-11-21 on the shared 2-core machine while 5+ other jobs ran (load average 9-17),
+with the earlier defaults (n=128, 60 iterations, PGD 10 steps, no universal probe):
+    --threads 1                        735.9 s (synth 645.3, PGD 90.6)  OVER
+    (defaults, 2 threads, load 0.7 -> 4.6)  471.9 s (synth 418.8, probe 53.2)  OVER
+Current defaults (n=128, 30 synthesis iterations, PGD 5 steps, universal probe 10 classes x 16
+images x 8 steps = 3840 + 640 + 1280 image forward/backward passes), 2026-11-22, others running:
+    --threads 1, load 5.0 -> 2.6       207.2 s (synth 165.9, probe 15.0, universal 26.3)  OVER
+    --threads 1, load 2.4 -> 4.8       172.4 s (synth 115.2, probe 19.5, universal 37.7)  OVER
+    (2 threads), load 3.5 -> 4.1       307.1 s (synth 245.5, probe 28.2, universal 33.4)  OVER
+The load never fell below 2.4 for a whole run. One forward+backward image pass of this network
+costs ~21 ms on one uncontended thread (measured in isolation, batch 16-64, fp32; bf16 autocast
+and channels_last were no faster on one thread: 19.5-31 ms), so the defaults need ~120 s on one
+free core and fit 2 minutes only with both cores free. Fewer synthesis iterations would save the
+most (20 instead of 30: -27 s), but at 20 the suite lost a detection (vgg11_badnets, seed 1:
+results/scan_calibration_it20_seed1.json), so the defaults stay at 30.
 """
 
 from __future__ import annotations

@@ -2,7 +2,12 @@
 
     /work/venv/bin/python benchmarks/calibrate_scan.py                       # default ScanConfig
     /work/venv/bin/python benchmarks/calibrate_scan.py --eps 0.05 --steps 5  # another probe
-    /work/venv/bin/python benchmarks/calibrate_scan.py --out benchmarks/results/scan_calibration.json
+    /work/venv/bin/python benchmarks/calibrate_scan.py benchmarks/suspects/*.pt models/demo_badnets_resnet18.pt \
+        --threads 1 --seed S --out benchmarks/results/scan_calibration_seedS.json     # S = 0, 1, 2
+    /work/venv/bin/python benchmarks/calibrate_scan.py benchmarks/suspects/compressed/*.pt \
+        --threads 1 --seed S --out benchmarks/results/scan_calibration_compressed_seedS.json
+      (the compressed models come from benchmarks/scan_compressed.py)
+    /work/venv/bin/python benchmarks/calibrate_scan.py --from-json FILE   # re-judge stored evidence
 
 Scans every ``benchmarks/suspects/*.pt`` that has a card (and any extra paths given), prints
 (model, attack, true target, predicted target, score, verdict) and the threshold that separates the
@@ -136,7 +141,7 @@ def main():
     k = len(rows[0]["clean_histogram"])
     counts = np.random.default_rng(0).multinomial(cfg.n, [1 / k] * k, size=100000).max(1)
     z = (counts - cfg.n / k) / np.sqrt(cfg.n * (1 / k) * (1 - 1 / k))
-    print(f"sampling noise: an evenly spread clean model (n={cfg.n}, K={k}) scores above {cfg.threshold} "
+    print(f"sampling noise of the count z-score (evidence, not the verdict): an evenly spread clean model (n={cfg.n}, K={k}) scores above {cfg.threshold} "
           f"with probability {float((z > cfg.threshold).mean()):.3f}")
     if args.out:
         out = Path(args.out)
