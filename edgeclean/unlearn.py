@@ -33,10 +33,11 @@ class PatchConfig:
     steps: int = 200  # Adam steps per trigger
     mask_weight: float = 5.0  # L1 weight on the mask's mean (Neural Cleanse's lambda, rescaled)
     # L-inf bound of the additive trigger, raw pixel units. Measured (CC_NOTES section 7): at 0.2 a
-    # universal perturbation sends most synthetic images to ANY class (it is no longer trigger-specific)
-    # and pruning against it costs clean accuracy; at 0.1 it reaches the target of a blended backdoor
-    # (0.8) but not a clean class (0.1-0.2).
-    eps: float = 0.1
+    # universal perturbation sends most synthetic images to ANY class (no longer trigger-specific) and
+    # pruning against it costs clean accuracy; at 0.1 it reaches a blended backdoor's target on 0.7-0.8
+    # of the images (a clean class: 0.1-0.2) but pruning against it leaves blended ASR at 27%; 0.15
+    # gave ASR 3.4% there with the same demo result as 0.1.
+    eps: float = 0.15
     shortcut: float = 0.5  # a trigger counts only if it sends at least this share of held-out images to the target
     success_below: float = 0.3  # stop pruning once every counted trigger flips fewer held-out images
     max_fraction: float = 0.5  # never prune more than this share of the head's inputs
