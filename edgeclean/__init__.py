@@ -26,6 +26,8 @@ _API = {
     "SynthConfig": "synth",
     "probe": "probe",
     "ProbeConfig": "probe",
+    "universal_perturbation": "probe",
+    "UniversalConfig": "scan",
     "scan": "scan",
     "ScanConfig": "scan",
     "ScanResult": "scan",
