@@ -260,6 +260,11 @@ def _brief(info: dict) -> dict:
         keep["cc"] = {k: info["cc"].get(k) for k in ("rank_policy", "budget_bytes", "estimated_bytes_after", "timings",
                                                       "factorized_layers", "scaled_components")}
         keep["cc"]["finetune_steps"] = (info.get("finetune") or {}).get("steps")
+        patch = info["cc"].get("patch")  # the teacher patch: only when the scan suspected a target
+        keep["cc"]["patch"] = None if not patch else {"pruned": len(patch["units"]), "of": patch["n_inputs"],
+                                                      "success_before": patch["success_before"],
+                                                      "success_after": patch["success_after"]}
+        keep["cc"]["patch_target"] = (info.get("finetune") or {}).get("target_class")
     return keep
 
 
