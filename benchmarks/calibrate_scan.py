@@ -41,6 +41,7 @@ def main():
     ap.add_argument("--eps", type=float, default=None)
     ap.add_argument("--steps", type=int, default=None)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--uap-steps", type=int, default=None, help="universal perturbation steps")
     ap.add_argument("--no-trigger", action="store_true", help="skip the trigger reverse-engineering probe")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (1 is faster on a loaded machine)")
     ap.add_argument("--out", default=None, help="write the rows as JSON here")
@@ -59,6 +60,8 @@ def main():
         cfg.n = args.n
     if args.iterations:
         cfg.synth = replace(cfg.synth, iterations=args.iterations)
+    if args.uap_steps:
+        cfg.universal = replace(cfg.universal, steps=args.uap_steps)
     cfg.probe = replace(cfg.probe, **{k: v for k, v in (("norm", args.norm), ("eps", args.eps), ("steps", args.steps))
                                       if v is not None})
     print(f"config: n={cfg.n} synth_iters={cfg.synth.iterations} probe={cfg.probe.norm} eps={cfg.probe.eps} "
@@ -147,7 +150,7 @@ def main():
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = out.with_name(out.name + ".tmp")
-        meta = {**vars(args), "n": cfg.n, "iterations": cfg.synth.iterations, "norm": cfg.probe.norm,
+        meta = {**vars(args), "n": cfg.n, "universal": vars(cfg.universal) if cfg.universal else None, "iterations": cfg.synth.iterations, "norm": cfg.probe.norm,
                 "eps": cfg.probe.eps, "steps": cfg.probe.steps, "threshold": cfg.threshold}
         tmp.write_text(json.dumps({"config": meta, "rows": rows}, indent=2) + "\n")
         os.replace(tmp, out)
