@@ -13,15 +13,18 @@ Measured 2026-11-21 on the shared 2-core machine while 5+ other jobs ran (load a
 with the earlier defaults (n=128, 60 iterations, PGD 10 steps, no universal probe):
     --threads 1                        735.9 s (synth 645.3, PGD 90.6)  OVER
     (defaults, 2 threads, load 0.7 -> 4.6)  471.9 s (synth 418.8, probe 53.2)  OVER
-Current defaults (n=128, 30 synthesis iterations, PGD 5 steps, universal probe 10 classes x 16
-images x 8 steps = 3840 + 640 + 1280 image forward/backward passes), 2026-11-22, others running:
+2026-11-22, others running, n=128, 30 synthesis iterations, PGD 5 steps, universal probe 10
+classes x 16 images x 8 steps (3840 + 640 + 1280 image forward/backward passes):
     --threads 1, load 5.0 -> 2.6       207.2 s (synth 165.9, probe 15.0, universal 26.3)  OVER
     --threads 1, load 2.4 -> 4.8       172.4 s (synth 115.2, probe 19.5, universal 37.7)  OVER
     (2 threads), load 3.5 -> 4.1       307.1 s (synth 245.5, probe 28.2, universal 33.4)  OVER
+    --threads 1, load 2.8 -> 3.0       132.7 s (synth 91.0, probe 15.1, universal 26.5)   OVER
+Current defaults (universal probe 5 steps: 3840 + 640 + 800 passes):
+    --threads 1, load 3.8 -> 4.0       125.2 s (synth 93.4, probe 15.1, universal 16.8)   OVER by 5 s
 The load never fell below 2.4 for a whole run. One forward+backward image pass of this network
 costs ~21 ms on one uncontended thread (measured in isolation, batch 16-64, fp32; bf16 autocast
-and channels_last were no faster on one thread: 19.5-31 ms), so the defaults need ~120 s on one
-free core and fit 2 minutes only with both cores free. Fewer synthesis iterations would save the
+and channels_last were no faster on one thread: 19.5-31 ms), so the defaults need ~110 s on one
+free core: just under 2 minutes, not yet measured so (the machine was never that free). Fewer synthesis iterations would save the
 most (20 instead of 30: -27 s), but at 20 the suite lost a detection (vgg11_badnets, seed 1:
 results/scan_calibration_it20_seed1.json), so the defaults stay at 30.
 """

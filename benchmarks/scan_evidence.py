@@ -2,6 +2,10 @@
 
     /work/venv/bin/python benchmarks/scan_evidence.py --out benchmarks/results/scan_evidence.json
     /work/venv/bin/python benchmarks/scan_evidence.py PATH.pt ... --out FILE   # other checkpoints
+Recorded: results/scan_evidence.json (suite; --uap linf:0.1 linf:0.15 --uap-steps 20 --targeted linf:0.1),
+results/scan_evidence_sig_wide.json (SIG and clean models; benchmarks/suspects/{resnet18,vgg11}_{sig,clean}.pt
+--uap linf:0.15 linf:0.25 l2:4 --uap-steps 20), results/scan_evidence_compressed.json
+(benchmarks/suspects/compressed/*.pt --seed 0/1/2 --uap linf:0.1 --uap-images 16 --uap-steps 10).
 
 For every ``benchmarks/suspects/*.pt`` with a card (and the demo suspect): synthesise ``--n``
 images (``--iterations``), record the clean predictions and the mean softmax per class, then

@@ -5,6 +5,15 @@ more easily than any other class, so the predictions of untargeted adversarial e
 the target class. ``probe`` runs PGD (L-inf or L2 ball, pixels kept in [0, 1]) away from the
 model's own prediction on each image and records, besides the final adversarial prediction, the
 first class each sample flipped into and the size of the perturbation that did it.
+
+``universal_perturbation(net, images, target_class, eps, steps, norm)`` finds, per target class
+(all classes in one batch), one image-agnostic perturbation in an L-inf / L2 ball that sends as
+many images as it can to that class, and returns it with its success rate. The scan uses the gap
+between the best class's success and the runner-up's as evidence of a global-trigger shortcut
+(blended, WaNet, FTrojan); on the harness suite it does not reveal SIG's target (measured at
+L-inf 0.1-0.25 and L2 4: benchmarks/scan_evidence.py, results/scan_evidence.json and
+scan_evidence_sig_wide.json).
+``trigger_probe`` is the Neural-Cleanse variant (mask + pattern per class).
 """
 
 from __future__ import annotations

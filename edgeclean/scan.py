@@ -20,10 +20,10 @@
 
 Measured (benchmarks/calibrate_scan.py, results/scan_calibration_seed{0,1,2}.json): on the
 harness suite every dirty-label backdoor (BadNets, blended, WaNet, FTrojan; ResNet-18 and VGG-11;
-targets 0, 1, 2, 3, 5, 6, 8, 9) is flagged with the right target on 3 seeds, scores 3.47-10.29;
+targets 0, 1, 2, 3, 5, 6, 8, 9) is flagged with the right target on 3 seeds, scores 4.50-11.54;
 clean models 0.01-0.57. NOT detected: the clean-label SIG models (0.03-0.53): SIG adds no target
-labels, and neither the ratio nor universal perturbations (L-inf 0.05-0.25, L2 1.5-4, see
-results/scan_evidence.json) single out its target over the clean models' natural hub class
+labels, and neither the ratio nor universal perturbations (L-inf 0.1-0.25, L2 4, see
+results/scan_evidence*.json) single out its target over the clean models' natural hub class
 (Fashion-MNIST's shirt). Compressed clean models (C&C to 1/8, results/scan_calibration_compressed_*):
 ResNet-18 0.31-2.05, not suspected; VGG-11 (CA 41-55%) inconclusive. Limits: it assumes a
 class-balanced training set, and after compression the evidence weakens: the demo suspect
@@ -51,7 +51,7 @@ from .probe import (ProbeConfig, ProbeResult, TriggerConfig, frozen_eval, low_ou
 from .synth import SynthConfig, synthesize
 
 # Calibrated by benchmarks/calibrate_scan.py on the harness suite (defaults, seeds 0-2): clean models
-# scored <= 0.57, dirty-label backdoors >= 3.47 (benchmarks/results/scan_calibration_seed*.json).
+# scored <= 0.57, dirty-label backdoors >= 4.50 (benchmarks/results/scan_calibration_seed*.json).
 DEFAULT_THRESHOLD = 2.5
 # Mean-softmax ratio (most probable class over the runner-up) that counts as a skew towards one class.
 RATIO_THRESHOLD = 1.45
@@ -216,7 +216,7 @@ def combine(ratio: tuple[int | None, float], gap: tuple[int | None, float] | Non
             ratio_threshold: float = RATIO_THRESHOLD, gap_threshold: float = GAP_THRESHOLD) -> tuple[int | None, float, str]:
     """(target, score, which evidence). Each kind is put on one scale (its own line maps onto
     ``threshold``). The softmax ratio speaks alone; the universal gap only adds to it when both
-    point at the same class. Measured on the suite (benchmarks/results/scan_calibration_seed*.json):
+    point at the same class. Measured on the suite (benchmarks/results/scan_calibration_*seed*.json):
     the gap on 16 images is too noisy to stand alone (a clean VGG reached 0.25 on one seed), but a
     global trigger (FTrojan on VGG, ratio only 1.17-1.35) always had its class on top of both."""
     r_score = (ratio[1] - 1) * threshold / (ratio_threshold - 1)
