@@ -37,8 +37,8 @@ def main():
     torch.set_num_threads(1)
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    from edgeclean.metrics import evaluate
     from edgeclean.data import load_dataset
+    from edgeclean.metrics import evaluate
 
     test = load_dataset("fashion-mnist", split="test")
     from dataclasses import replace

@@ -104,7 +104,7 @@ def main():
                "clean_label": bool(card.get("clean_label")), "ca": card.get("ca"), "seed": args.seed,
                "n": args.n, "iterations": args.iterations, "load": round(load, 1),
                **evidence(model, spec, args.n, args.iterations, args.seed, uap, args.uap_images, args.uap_steps,
-                        tuple([args.targeted.split(':')[0], float(args.targeted.split(':')[1])]) if args.targeted else None)}
+                        (args.targeted.split(':')[0], float(args.targeted.split(':')[1])) if args.targeted else None)}
         rows.append(row)
         counts = torch.bincount(torch.tensor(row["pred"]), minlength=spec.num_classes).tolist()
         print(f"{path.stem:<24} {row['attack']:<8} t={row['target']}  counts {counts}  "

@@ -46,8 +46,16 @@ from dataclasses import dataclass, field, replace
 import torch
 from torch import nn
 
-from .probe import (ProbeConfig, ProbeResult, TriggerConfig, frozen_eval, low_outlier_index, probe, trigger_probe,
-                    universal_perturbation)
+from .probe import (
+    ProbeConfig,
+    ProbeResult,
+    TriggerConfig,
+    frozen_eval,
+    low_outlier_index,
+    probe,
+    trigger_probe,
+    universal_perturbation,
+)
 from .synth import SynthConfig, synthesize
 
 # Calibrated by benchmarks/calibrate_scan.py on the harness suite (defaults, seeds 0-2): clean models

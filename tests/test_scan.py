@@ -9,11 +9,30 @@ from torch import nn
 
 from edgeclean.errors import UserError
 from edgeclean.load import ModelSpec, input_model
-from edgeclean.probe import (ProbeConfig, TriggerConfig, frozen_eval, low_outlier_index, probe, trigger_probe,
-                             universal_perturbation)
-from edgeclean.scan import (DEFAULT_THRESHOLD, GAP_THRESHOLD, RATIO_THRESHOLD, ScanConfig, combine,
-                            concentration_index, flip_index, flip_shares, prediction_spread, scan, softmax_ratio,
-                            universal_gap, verdict)
+from edgeclean.probe import (
+    ProbeConfig,
+    TriggerConfig,
+    frozen_eval,
+    low_outlier_index,
+    probe,
+    trigger_probe,
+    universal_perturbation,
+)
+from edgeclean.scan import (
+    DEFAULT_THRESHOLD,
+    GAP_THRESHOLD,
+    RATIO_THRESHOLD,
+    ScanConfig,
+    combine,
+    concentration_index,
+    flip_index,
+    flip_shares,
+    prediction_spread,
+    scan,
+    softmax_ratio,
+    universal_gap,
+    verdict,
+)
 from edgeclean.synth import SynthConfig, bn_stat_loss, synthesize
 from edgeclean.zoo import create_model
 
