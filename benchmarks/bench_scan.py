@@ -21,6 +21,7 @@ classes x 16 images x 8 steps (3840 + 640 + 1280 image forward/backward passes):
     --threads 1, load 2.8 -> 3.0       132.7 s (synth 91.0, probe 15.1, universal 26.5)   OVER
 Current defaults (universal probe 5 steps: 3840 + 640 + 800 passes):
     --threads 1, load 3.8 -> 4.0       125.2 s (synth 93.4, probe 15.1, universal 16.8)   OVER by 5 s
+    --threads 1, load 3.6 -> 3.1       139.0 s (synth 106.6, probe 14.5, universal 17.9)  OVER
 The load never fell below 2.4 for a whole run. One forward+backward image pass of this network
 costs ~21 ms on one uncontended thread (measured in isolation, batch 16-64, fp32; bf16 autocast
 and channels_last were no faster on one thread: 19.5-31 ms), so the defaults need ~110 s on one
