@@ -317,9 +317,13 @@ def _run_stages(model, spec, model_path, config, budget_bytes, precision, reason
     if budget_bytes is not None:
         ok = size is not None and size <= budget_bytes
         gates["budget"] = {"passed": ok, "detail": f"artifact {size} bytes vs budget {budget_bytes} bytes"}
-    gates["backdoor"] = {"passed": not after.suspected,
-                         "detail": f"scan after cleaning: score {after.score:.3f}, "
-                                   f"{'suspected (target ' + str(after.target_class) + ')' if after.suspected else 'not suspected'}"}
+    # an inconclusive scan (most synthetic images in one class) means the cleaned network no longer
+    # fits its own BN statistics: nothing can be said about a backdoor, so the gate does not pass
+    inconclusive = bool(getattr(after, "inconclusive", False))
+    verdict = ("suspected (target " + str(after.target_class) + ")" if after.suspected
+               else "inconclusive (" + after.basis + ")" if inconclusive else "not suspected")
+    gates["backdoor"] = {"passed": not after.suspected and not inconclusive,
+                         "detail": f"scan after cleaning: score {after.score:.3f}, {verdict}"}
     report = {
         "version": __version__,
         "model": str(model_path),

@@ -205,3 +205,20 @@ def test_interrupt_or_crash_mid_run_leaves_nothing(tmp_path, tiny_wide, monkeypa
     with pytest.raises(exc):
         run(tiny_wide, cfg, {"input_shape": "1x16x16"})
     assert not out.exists() and not (tmp_path / "deep").exists()
+
+
+def test_inconclusive_scan_after_cleaning_fails_the_backdoor_gate(tmp_path):
+    """A network whose predictions collapse onto one class (here: a head bias that swamps every
+    logit) gives the scan nothing to judge; the gate must not pass it as clean."""
+    torch.manual_seed(0)
+    model = create_model("tiny_cnn", num_classes=4, in_channels=1, width=4.0)
+    head = [m for m in model.modules() if isinstance(m, torch.nn.Linear)][-1]
+    with torch.no_grad():
+        head.bias[2] = 1e3
+    path = tmp_path / "collapsed.pt"
+    torch.save(model.state_dict(), path)
+    cfg = RunConfig(method="none", budget="40KB", precision="fp32", out_dir=tmp_path / "out", extra=_fast_extra())
+    run(path, cfg, {"input_shape": "1x16x16"})
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["scan_after"]["inconclusive"] and not report["gates"]["backdoor"]["passed"]
+    assert "inconclusive" in report["gates"]["backdoor"]["detail"]
