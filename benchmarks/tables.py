@@ -425,7 +425,10 @@ def table2_cell(s: Suspect, method: str, ratio: int | None) -> dict:
             cc = CCConfig(seed=s.seed)
             images, adv, adv_idx, _ = synthetic_data(s.model, s.spec, cc.n_synthetic, cc, scan)
             target = scan.target_class if scan.suspected else None
-            ft = finetune(input_model(model, s.spec), input_model(s.model, s.spec), images, adv, adv_idx,
+            # a copy as teacher: finetune freezes the teacher's parameters, and torch-pruning's dependency
+            # graph needs the suspect's parameters to require grad for the next cell
+            teacher = copy.deepcopy(s.model).eval()
+            ft = finetune(input_model(model, s.spec), input_model(teacher, s.spec), images, adv, adv_idx,
                           replace(cc.finetune, seed=s.seed), target_class=target)
             model.eval()
             row_extra["finetune_steps"] = ft["steps"]
