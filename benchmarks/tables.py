@@ -707,8 +707,8 @@ def render_summary() -> list[str]:
     for (s, m, _), c in cells.items():
         if c.get("asr") is not None:
             by.setdefault(m, []).append(c)
-    out = ["## Summary (generated from the cells; provisional while C&C cells are pending)", ""]
     pending = [T1[m][0] for m in T1 if T1[m][2] and not by.get(m)]
+    out = ["## Summary (generated from the cells" + ("; provisional while C&C cells are pending)" if pending else ")"), ""]
     if pending:
         out.append(f"- **Pending** (depend on the C&C fine-tuning being reworked): {', '.join(pending)}; "
                    "fill with `python benchmarks/tables.py table1 --methods ft-alone cc cc+ngf` and "
