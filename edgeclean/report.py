@@ -131,8 +131,8 @@ def render_html(report: dict) -> str:
 
     out.append("<h2>Scan: predictions on synthetic images, before and after</h2>")
     out.append("<p class='muted'>Synthetic images match the model's BatchNorm statistics, which a dirty-label backdoor "
-               "skews towards its target class; untargeted adversarial attacks on them are the proxy backdoor data "
-               "the cleaning trains on. Red: the class the scan points at.</p><div class='charts'>")
+               "skews towards its target class; the cleaning distils on them and reverse-engineers its trigger on them. "
+               "Red: the class the scan points at.</p><div class='charts'>")
     for label, s in (("before", before), ("after", after)):
         verdict = "SUSPECTED" if s.get("suspected") else "not suspected"
         target = s.get("target_class")
