@@ -86,10 +86,11 @@ T3_MODELS = ["demo", "resnet18-full"]
 
 def git_commit() -> dict:
     def git(*args):
-        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True).stdout
 
-    dirty = [line[3:] for line in git("status", "--porcelain", "--", "edgeclean", "benchmarks/tables.py").splitlines()]
-    return {"commit": git("rev-parse", "--short", "HEAD"), "dirty": bool(dirty), "dirty_files": dirty}
+    # porcelain lines are "XY path": keep the leading status column (no strip before slicing)
+    dirty = [line[3:] for line in git("status", "--porcelain", "--", "edgeclean", "benchmarks/tables.py").splitlines() if line]
+    return {"commit": git("rev-parse", "--short", "HEAD").strip(), "dirty": bool(dirty), "dirty_files": dirty}
 
 
 def code_hash(*names: str) -> str:
