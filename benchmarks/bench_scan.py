@@ -28,6 +28,8 @@ and channels_last were no faster on one thread: 19.5-31 ms), so the defaults nee
 free core: just under 2 minutes, not yet measured so (the machine was never that free). Fewer synthesis iterations would save the
 most (20 instead of 30: -27 s), but at 20 the suite lost a detection (vgg11_badnets, seed 1:
 results/scan_calibration_it20_seed1.json), so the defaults stay at 30.
+Measured 2026-11-22 01:27 UTC on the idle machine (load 0.6 -> 1.6), defaults, 2 torch threads:
+    (defaults)                         67.7 s (synth 50.7, probe 7.9, universal 9.1)      UNDER 2 min
 """
 
 from __future__ import annotations
