@@ -613,9 +613,14 @@ def render_table1() -> list[str]:
         lines.append(f"| {label} | {len(bd)} | {pct(avg(bd, 'ca'))} | {pct(avg(bd, 'asr'))} | {pct(avg(bd, 'racc'))} | "
                      f"{pct(avg(bd, 'der')) if m != 'none' else '–'} | {kb(avg(bd, 'bytes'))} | {mmacs(avg(bd, 'macs'))} | "
                      f"{secs(avg(bd, 'time_s')) if m != 'none' else '–'} | {clean_col} |")
-    lines += ["", f"Cells: {commits(cells)}; {loads(cells)}. † = partial test set (`--limit`), * = uncommitted code.",
-              "", runtimes(cells) + ".", ""]
+    lines += provenance(cells)
     return lines
+
+
+def provenance(cells: dict) -> list[str]:
+    """The footer of Tables 1 and 2: commits, loads, markers and compute time of their cells."""
+    return ["", f"Cells: {commits(cells)}; {loads(cells)}. † = partial test set (`--limit`), * = uncommitted code.",
+            "", runtimes(cells) + ".", ""]
 
 
 def render_table2() -> list[str]:
@@ -651,8 +656,7 @@ def render_table2() -> list[str]:
                 mr = "–" if not orig else f"{orig['macs'] / c['macs']:.1f}x"
                 lines.append(f"| {s}{mark(c)} | 1/{r} | {label} | {fits} | {pct(c['ca'])} | {pct(c.get('asr'))} | {kb(c['bytes'])} | "
                              f"{mmacs(c['macs'])} | {c['p50_ms_1t']:.3f} | {c['p50_ms_2t']:.3f} | {sp} | {mr} |")
-    lines += ["", f"Cells: {commits(cells)}; {loads(cells)}. † = partial test set (`--limit`), * = uncommitted code.",
-              "", runtimes(cells) + ".", ""]
+    lines += provenance(cells)
     return lines
 
 

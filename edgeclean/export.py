@@ -131,13 +131,17 @@ def _readable_names(model_proto) -> None:
         if is_norm:
             norm_edges.update(node.output)
         name = f"{path}/{op}" if path else (f"input/{op}" if is_norm else op)
-        base, k = name or f"{node.op_type}_{i}", 1
-        name = base
-        while name in used:
-            k += 1
-            name = f"{base}_{k}"
-        used.add(name)
-        node.name = name
+        node.name = _unique(name or f"{node.op_type}_{i}", used)
+
+
+def _unique(base: str, used: set[str]) -> str:
+    """``base``, or ``base_2``, ``base_3``, ... if taken; recorded in ``used``."""
+    name, k = base, 1
+    while name in used:
+        k += 1
+        name = f"{base}_{k}"
+    used.add(name)
+    return name
 
 
 def _short_edge_names(model_proto) -> None:
@@ -347,13 +351,7 @@ def _qdq_node_names(model_proto) -> None:
 
     for node in g.node:
         if node.op_type in qdq:
-            base = f"{anchor(node.input[0])}/{'Q' if node.op_type == 'QuantizeLinear' else 'DQ'}"
-            name, k = base, 1
-            while name in used:
-                k += 1
-                name = f"{base}_{k}"
-            used.add(name)
-            node.name = name
+            node.name = _unique(f"{anchor(node.input[0])}/{'Q' if node.op_type == 'QuantizeLinear' else 'DQ'}", used)
 
 
 def _activation_qparam_names(model_proto) -> None:
