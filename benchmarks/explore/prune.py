@@ -1,7 +1,7 @@
 """Exploration 3: NC-style patch of the teacher: prune penultimate neurons the reversed trigger excites."""
 import sys, time, argparse, copy
 import torch, torch.nn.functional as F
-sys.path.insert(0, __import__("os").path.dirname(__import__("os").path.dirname(__import__("os").path.dirname(__import__("os").path.abspath(__file__))))); sys.path.insert(0, "/work/exp")
+sys.path.insert(0, __import__("os").path.dirname(__import__("os").path.dirname(__import__("os").path.dirname(__import__("os").path.abspath(__file__)))))
 from pathlib import Path
 from edgeclean.data import load_fashion_mnist
 from edgeclean.load import input_model, load_suspect, read_card
