@@ -1,7 +1,8 @@
 """Export checks on the harness suspects after cleaning: fp32 parity, int8 agreement, sizes.
 
     OMP_NUM_THREADS=1 /work/venv/bin/python benchmarks/export_suspects.py [benchmarks/suspects/*.pt] \
-        [--finetune] [--fraction 8] [--calib 64] [--eval-synthetic 256] [--real-limit 1000] [--no-cc]
+        [--finetune] [--fraction 8] [--calib 64] [--eval-synthetic 256] [--real-limit 1000] [--no-cc] \
+        [--cache DIR]
 
 For each checkpoint (default: the 12 suite suspects benchmarks/suspects/*.pt):
 
@@ -14,6 +15,11 @@ For each checkpoint (default: the 12 suite suspects benchmarks/suspects/*.pt):
    on ``--eval-synthetic`` held-out synthetic images (another synthesis seed; this is the number the
    "done when" target is about) and, as extra information only, on ``--real-limit`` real test images
    of the suspect's dataset (fp32 and int8 accuracy too).
+
+``--cache DIR`` keeps each cleaned model (``DIR/<stem>.safetensors`` + card) and its calibration and
+held-out synthetic images (``DIR/<stem>.calib.npy``, ``.held.npy``) and reuses them on the next run,
+so the export / int8 settings can be re-measured without the slow cleaning (``benchmarks/int8_sweep.py``
+sweeps quantisation settings on these files).
 
 Writes benchmarks/results/export_suspects.json (+ .md table) unless --out says otherwise. The int8
 gate is not applied here (agreement is recorded, not enforced) so that every row is reported.
@@ -37,7 +43,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from edgeclean.errors import GateFailed  # noqa: E402
 from edgeclean.export import ExportConfig, export, run_onnx  # noqa: E402
-from edgeclean.load import load_suspect  # noqa: E402
+from edgeclean.load import ModelSpec, load_suspect  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -45,6 +51,24 @@ ROOT = Path(__file__).resolve().parent.parent
 def card_of(path: str) -> dict:
     card = Path(path).with_suffix(".json")
     return json.loads(card.read_text()) if card.exists() else {}
+
+
+def save_cleaned(model, spec, stem: Path, card: dict) -> None:
+    """The cleaned model as the pipeline saves it: safetensors + a card whose spec rebuilds it."""
+    from safetensors.torch import save_file
+
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.detach().contiguous().clone() for k, v in model.state_dict().items()},
+              str(stem.with_suffix(".safetensors")))
+    stem.with_suffix(".json").write_text(json.dumps({**card, "spec": spec.to_dict()}, indent=1))
+
+
+def load_cleaned(stem: Path):
+    """A model saved by ``save_cleaned``. (load_suspect rebuilds a factorised model from its card but
+    does not take the card's input shape, mean and std in that case: they are passed here.)"""
+    card = json.loads(stem.with_suffix(".json").read_text())["spec"]
+    return load_suspect(stem.with_suffix(".safetensors"), input_shape=tuple(card["input_shape"]),
+                        mean=card["mean"], std=card["std"])
 
 
 def real_eval(fp32: Path, int8: Path, dataset: str, limit: int) -> dict:
@@ -64,6 +88,7 @@ def check(path: str, args) -> dict:
 
     model, spec = load_suspect(path)
     card = card_of(path)
+    cache = Path(args.cache) / Path(path).stem if args.cache else None
     row = {"model": os.path.relpath(os.path.abspath(path), ROOT), "arch": spec.arch, "attack": card.get("attack"), "input_shape": list(spec.input_shape)}
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
@@ -74,21 +99,38 @@ def check(path: str, args) -> dict:
             return {**row, "error": f"original: {exc}"}
         row["original_fp32_bytes"] = orig["fp32_bytes"]
         row["original_parity_max_abs_diff"] = orig["parity"]["max_abs_diff"]
-        if not args.no_cc:
+        if cache is not None and cache.with_suffix(".safetensors").exists():
+            model, spec = load_cleaned(cache)
+            row["cc"] = {**card_of(str(cache.with_suffix(".safetensors")))["cc"], "cached": str(cache)}
+        elif not args.no_cc:
             budget = orig["fp32_bytes"] // args.fraction
             t = time.perf_counter()
             model, rep = clean_and_compact(model, spec, budget_bytes=budget, precision="fp32",
                                            config=CCConfig(do_finetune=args.finetune))
+            spec = ModelSpec.from_dict(rep.spec)
             row["cc"] = {"budget_bytes": int(budget), "finetune": args.finetune,
                          "estimated_bytes_after": rep.estimated_bytes_after,
                          "factorized_layers": len(rep.spec.get("factorized") or {}),
                          "seconds": round(time.perf_counter() - t, 1)}
+            if cache is not None:
+                save_cleaned(model, spec, cache, {**card, "cc": row["cc"]})
         t = time.perf_counter()
-        held = synthesize(model, spec, args.eval_synthetic, SynthConfig(seed=1))  # calibration uses seed 0
+        calib = held = None
+        if cache is not None and cache.with_suffix(".held.npy").exists():
+            calib, held = np.load(cache.with_suffix(".calib.npy")), np.load(cache.with_suffix(".held.npy"))
+        if calib is None or len(calib) != args.calib or len(held) != args.eval_synthetic:
+            # the images export() would synthesise itself (seed 0, calibration first), and held-out
+            # images from another synthesis seed
+            n_extra = max(8, args.calib // 4)
+            calib = synthesize(model, spec, args.calib + n_extra).detach().numpy()[:args.calib]
+            held = synthesize(model, spec, args.eval_synthetic, SynthConfig(seed=1)).detach().numpy()
+            if cache is not None:
+                np.save(cache.with_suffix(".calib.npy"), calib)
+                np.save(cache.with_suffix(".held.npy"), held)
         row["eval_synthesis_seconds"] = round(time.perf_counter() - t, 1)
         out = tmp / "m.onnx"
         try:
-            q = export(model, spec, out, precision="int8", eval_inputs=held,
+            q = export(model, spec, out, precision="int8", calib=calib, eval_inputs=held,
                        config=ExportConfig(calib_samples=args.calib, int8_min_agreement=0.0, write_ort=False))
         except GateFailed as exc:  # the fp32 parity gate
             return {**row, "error": str(exc)}
@@ -105,7 +147,7 @@ def check(path: str, args) -> dict:
         "fp32_bytes": q["fp32_bytes"],
         "int8_bytes": q["int8_bytes"],
         "int8_size_ratio": q["int8_size_ratio"],
-        "calibration": q["calibration"],
+        "calibration": {**q["calibration"], "source": "synthetic (edgeclean.synth, seed 0)"},
         "graph_ops": q["graph"]["ops"],
         "seconds": round(time.perf_counter() - t0, 1),
     })
@@ -161,6 +203,7 @@ def main() -> int:
     ap.add_argument("--calib", type=int, default=64)
     ap.add_argument("--eval-synthetic", type=int, default=256)
     ap.add_argument("--real-limit", type=int, default=1000)
+    ap.add_argument("--cache", help="keep / reuse cleaned models and synthetic images in this folder")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "export_suspects.json"))
     args = ap.parse_args()
     torch.set_num_threads(1)

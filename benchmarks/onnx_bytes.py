@@ -66,11 +66,12 @@ def int8_breakdown(int8_path: str, fp32_path: str | None = None) -> dict:
         role = None
         for n in users:
             k = list(n.input).index(t.name)
-            if n.op_type == "DequantizeLinear" and a.ndim > 1 and k == 0:
+            of_weight = n.op_type == "DequantizeLinear" and n.input[0] in inits and len(inits[n.input[0]].dims) > 1
+            if of_weight and k == 0:
                 role = "weights_int8"
-            elif n.op_type == "DequantizeLinear" and a.ndim == 1 and k == 1:
+            elif of_weight and k == 1:  # per channel, or one scalar for a per-tensor weight
                 role = "weight_scales"
-            elif n.op_type == "DequantizeLinear" and a.ndim == 1 and k == 2:
+            elif of_weight and k == 2:
                 role = "weight_zero_points"
             elif n.op_type in ("Conv", "Gemm") and k == 2 or a.ndim == 1 and n.op_type == "DequantizeLinear" and k == 0:
                 role = "biases"
@@ -82,13 +83,40 @@ def int8_breakdown(int8_path: str, fp32_path: str | None = None) -> dict:
         parts[key] = parts.get(key, 0) + node.ByteSize()
     total = proto.ByteSize()
     parts["rest"] = total - sum(parts.values())
-    out = {"int8_bytes": total, "parts": parts}
+    # the same parts split into payload (the numbers) and the rest (names, dims, types, node fields)
+    payload = {"weights_int8": 0, "weight_scales": 0, "biases": 0, "activation_qparams": 0}
+    names = {"initializer_names": sum(len(t.name) for t in g.initializer),
+             "node_names_qdq": sum(len(n.name) for n in g.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")),
+             "node_names_compute": sum(len(n.name) for n in g.node if n.op_type not in ("QuantizeLinear", "DequantizeLinear"))}
+    counts = {"qdq_nodes": sum(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in g.node),
+              "compute_nodes": sum(n.op_type not in ("QuantizeLinear", "DequantizeLinear") for n in g.node),
+              "weight_scale_values": 0, "activation_qparam_initializers": 0}
+    for t in g.initializer:
+        a = numpy_helper.to_array(t)
+        users = [(n, list(n.input).index(t.name)) for n in g.node if t.name in n.input]
+        n, k = users[0]
+        of_weight = n.op_type == "DequantizeLinear" and n.input[0] in inits and len(inits[n.input[0]].dims) > 1
+        if of_weight and k == 0:
+            payload["weights_int8"] += a.nbytes
+        elif of_weight and k == 1:
+            payload["weight_scales"] += a.nbytes
+            counts["weight_scale_values"] += a.size
+        elif n.op_type in ("Conv", "Gemm") and k == 2:
+            payload["biases"] += a.nbytes
+        elif n.op_type in ("QuantizeLinear", "DequantizeLinear") and not of_weight and a.ndim == 0:
+            payload["activation_qparams"] += a.nbytes
+            counts["activation_qparam_initializers"] += 1
+    out = {"int8_bytes": total, "parts": parts, "payload": payload, "names": names, "counts": counts}
     if fp32_path:
         fp32 = os.path.getsize(fp32_path)
         out["fp32_bytes"] = fp32
         out["parts_over_fp32"] = {k: round(v / fp32, 4) for k, v in parts.items()}
         out["ratio"] = total / fp32
         out["floor"] = (parts["weights_int8"] + parts["weight_scales"] + parts["biases"]) / fp32
+        # what the file would weigh with no quantisation parameters and no Q/DQ nodes at all: int8
+        # weights, float biases, the compute nodes (the same as in the fp32 file) and the graph shell
+        out["floor_without_qdq"] = (parts["weights_int8"] + parts["biases"] + parts["nodes_compute"]
+                                    + parts["rest"]) / fp32
     return out
 
 

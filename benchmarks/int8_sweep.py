@@ -1,0 +1,147 @@
+"""Sweep int8 quantisation settings on cleaned models: top-1 agreement with fp32 AND int8 / fp32 bytes.
+
+The cleaning is the slow part, so it is done once by ``export_suspects.py --finetune --cache DIR``
+(cleaned models + their synthetic calibration / held-out images); this script re-quantises the
+cached fp32 ONNX files under each ``Int8Config`` and measures both figures the export target is
+about (they pull against each other: a layer kept float costs bytes):
+
+    OMP_NUM_THREADS=1 /work/venv/bin/python benchmarks/export_suspects.py benchmarks/suspects/{resnet18,vgg11}_*.pt \\
+        --finetune --cache /work/cache_int8 --out /tmp/baseline.json
+    OMP_NUM_THREADS=1 /work/venv/bin/python benchmarks/int8_sweep.py /work/cache_int8 [--settings NAME ...] \\
+        [--calib N] [--out benchmarks/results/int8_sweep.json]
+
+Agreement is measured on the 256 held-out synthetic images (synthesis seed 1; calibration used seed
+0), as export_suspects.py does; real test images are never used for calibration, only reported
+(``--real-limit``). ``--calib N`` with N above the cached 64 synthesises more calibration images
+(seed 0, cached as ``<stem>.calib<N>.npy``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from edgeclean.export import ExportConfig, Int8Config, export, quantize_int8, run_onnx  # noqa: E402
+from export_suspects import load_cleaned  # noqa: E402
+from onnx_bytes import int8_breakdown  # noqa: E402
+
+BASE = Int8Config(share_zero_points=False)  # the format before this sweep
+SETTINGS: dict[str, Int8Config] = {
+    "minmax (previous default)": BASE,
+    "minmax + shared zp": replace(BASE, share_zero_points=True),
+    "entropy": replace(BASE, calibrate_method="entropy"),
+    "percentile 99.999": replace(BASE, calibrate_method="percentile", percentile=99.999),
+    "percentile 99.99": replace(BASE, calibrate_method="percentile", percentile=99.99),
+    "minmax moving-average": replace(BASE, moving_average=True),
+    "minmax symmetric act": replace(BASE, symmetric_activations=True),
+    "minmax fp32 first conv": replace(BASE, keep_fp32=("first_conv",)),
+    "minmax fp32 classifier": replace(BASE, keep_fp32=("classifier",)),
+    "minmax fp32 first conv + classifier": replace(BASE, keep_fp32=("first_conv", "classifier")),
+    "minmax per-tensor <= 8 ch": replace(BASE, per_tensor_max_channels=8),
+    "minmax per-tensor <= 16 ch": replace(BASE, per_tensor_max_channels=16),
+    "minmax per-tensor <= 32 ch": replace(BASE, per_tensor_max_channels=32),
+    "minmax per-tensor all": replace(BASE, per_tensor_max_channels=10**9),
+}
+
+
+def calib_images(cache: Path, stem: str, n: int, model, spec) -> np.ndarray:
+    base = np.load(cache / f"{stem}.calib.npy")
+    if n <= len(base):
+        return base[:n]
+    path = cache / f"{stem}.calib{n}.npy"
+    if not path.exists():
+        from edgeclean.synth import synthesize
+
+        np.save(path, synthesize(model, spec, n).detach().numpy())
+    return np.load(path)
+
+
+def real_images(card: dict, limit: int):
+    if limit <= 0 or not card.get("dataset"):
+        return None
+    from edgeclean.data import load_dataset
+
+    ds = load_dataset(card["dataset"], "test")
+    return np.asarray(ds.x[:limit], dtype=np.float32)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("cache", help="folder written by export_suspects.py --cache")
+    ap.add_argument("--settings", nargs="*", help=f"names from: {'; '.join(SETTINGS)}")
+    ap.add_argument("--calib", type=int, default=64, help="calibration images (synthetic, seed 0)")
+    ap.add_argument("--real-limit", type=int, default=1000)
+    ap.add_argument("--breakdown", action="store_true", help="add onnx_bytes.int8_breakdown per file")
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    cache = Path(args.cache)
+    names = args.settings or list(SETTINGS)
+    stems = sorted(p.name.removesuffix(".safetensors") for p in cache.glob("*.safetensors"))
+    load_start = " ".join(f"{v:.2f}" for v in os.getloadavg())
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for stem in stems:
+            model, spec = load_cleaned(cache / stem)
+            card = json.loads((cache / f"{stem}.json").read_text())
+            f32 = cache / f"{stem}.fp32.onnx"
+            if not f32.exists():
+                export(model, spec, f32, config=ExportConfig(write_ort=False))
+            calib = calib_images(cache, stem, args.calib, model, spec)
+            held = np.load(cache / f"{stem}.held.npy")
+            real = real_images(card, args.real_limit)
+            ref_held = run_onnx(f32, held).argmax(1)
+            ref_real = run_onnx(f32, real).argmax(1) if real is not None else None
+            for name in names:
+                cfg = SETTINGS[name]
+                q8 = Path(tmp) / "m.onnx"
+                t = time.perf_counter()
+                quantize_int8(f32, q8, calib, cfg)
+                row = {"model": stem, "setting": name, "config": asdict(cfg), "calib": int(len(calib)),
+                       "fp32_bytes": f32.stat().st_size, "int8_bytes": q8.stat().st_size,
+                       "quantise_seconds": round(time.perf_counter() - t, 1)}
+                row["int8_size_ratio"] = row["int8_bytes"] / row["fp32_bytes"]
+                row["agreement_synthetic"] = float(np.mean(run_onnx(q8, held).argmax(1) == ref_held))
+                if real is not None:
+                    row["agreement_real"] = float(np.mean(run_onnx(q8, real).argmax(1) == ref_real))
+                if args.breakdown:
+                    row["breakdown"] = int8_breakdown(str(q8), str(f32))
+                rows.append(row)
+                print(f"{stem:18s} {name:38s} synth {row['agreement_synthetic']:.2%} "
+                      f"real {row.get('agreement_real', float('nan')):.2%} ratio {row['int8_size_ratio']:.4f}", flush=True)
+    summary = {}
+    for name in names:
+        rs = [r for r in rows if r["setting"] == name]
+        summary[name] = {
+            "models": len(rs),
+            "synthetic_ge_99": sum(r["agreement_synthetic"] >= 0.99 for r in rs),
+            "synthetic_min": min(r["agreement_synthetic"] for r in rs),
+            "synthetic_mean": float(np.mean([r["agreement_synthetic"] for r in rs])),
+            "real_mean": float(np.mean([r["agreement_real"] for r in rs])) if "agreement_real" in rs[0] else None,
+            "ratio_min": min(r["int8_size_ratio"] for r in rs),
+            "ratio_max": max(r["int8_size_ratio"] for r in rs),
+        }
+        s = summary[name]
+        print(f"{name:38s} >=99%: {s['synthetic_ge_99']}/{s['models']}  min {s['synthetic_min']:.2%}  "
+              f"mean {s['synthetic_mean']:.2%}  real mean {s['real_mean'] or float('nan'):.2%}  "
+              f"ratio {s['ratio_min']:.3f}-{s['ratio_max']:.3f}")
+    if args.out:
+        env = {"load_start": load_start, "load_end": " ".join(f"{v:.2f}" for v in os.getloadavg())}
+        Path(args.out).write_text(json.dumps({"args": vars(args), "env": env, "summary": summary, "rows": rows},
+                                             indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
