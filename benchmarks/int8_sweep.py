@@ -40,6 +40,7 @@ BASE = Int8Config(share_zero_points=False)  # the format before this sweep
 SETTINGS: dict[str, Int8Config] = {
     "minmax (previous default)": BASE,
     "minmax + shared zp": replace(BASE, share_zero_points=True),
+    "minmax int32 bias": replace(BASE, quantize_bias=True),
     "entropy": replace(BASE, calibrate_method="entropy"),
     "percentile 99.999": replace(BASE, calibrate_method="percentile", percentile=99.999),
     "percentile 99.99": replace(BASE, calibrate_method="percentile", percentile=99.99),
@@ -52,6 +53,17 @@ SETTINGS: dict[str, Int8Config] = {
     "minmax per-tensor <= 16 ch": replace(BASE, per_tensor_max_channels=16),
     "minmax per-tensor <= 32 ch": replace(BASE, per_tensor_max_channels=32),
     "minmax per-tensor all": replace(BASE, per_tensor_max_channels=10**9),
+    "moving-average + shared zp": replace(BASE, moving_average=True, share_zero_points=True),
+    "moving-average + fp32 classifier": replace(BASE, moving_average=True, keep_fp32=("classifier",),
+                                                share_zero_points=True),
+    "moving-average + per-tensor <= 8 ch": replace(BASE, moving_average=True, per_tensor_max_channels=8,
+                                                   share_zero_points=True),
+    "moving-average + per-tensor <= 16 ch": replace(BASE, moving_average=True, per_tensor_max_channels=16,
+                                                    share_zero_points=True),
+    "moving-average + per-tensor all": replace(BASE, moving_average=True, per_tensor_max_channels=10**9,
+                                               share_zero_points=True),
+    "entropy + fp32 classifier": replace(BASE, calibrate_method="entropy", keep_fp32=("classifier",),
+                                         share_zero_points=True),
 }
 
 

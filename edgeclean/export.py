@@ -52,6 +52,9 @@ class Int8Config:
     # instead of one per channel (saves 4 bytes a channel on the small factor convs); 0: per channel everywhere
     per_tensor_max_channels: int = 0
     share_zero_points: bool = True  # one initializer per distinct activation zero point
+    # int32 biases with their own per-channel scale in the file (onnxruntime's default); False keeps
+    # them float (4 bytes a channel instead of 4 + 4 + 4): onnxruntime quantises them when it fuses
+    quantize_bias: bool = False
 
 
 @dataclass
@@ -442,7 +445,7 @@ def _quant_options(nodes, inits: dict, cfg: Int8Config) -> tuple[list[str], dict
         exclude += [n.name for n in nodes if n.op_type == "Conv"][:1]
     if "classifier" in cfg.keep_fp32:
         exclude += [n.name for n in nodes if n.op_type in ("Gemm", "MatMul")][-1:]
-    extra: dict = {"QuantizeBias": False}
+    extra: dict = {"QuantizeBias": cfg.quantize_bias}
     if cfg.symmetric_activations:
         extra["ActivationSymmetric"] = True
     if cfg.moving_average:

@@ -263,3 +263,68 @@ def test_int8_compact_format_changes_no_output(tmp_path):
     ort.InferenceSession(str(ours), so, providers=["CPUExecutionProvider"])
     fused = [n for n in onnx.load(str(tmp_path / "opt.onnx")).graph.node if n.op_type == "QLinearConv"]
     assert {n.name.split("/")[0] for n in fused} >= {"conv2.0", "conv2.1", "conv2.2"}
+
+
+def _three_conv_fp32(tmp_path):
+    torch.manual_seed(0)
+    model = randomize_bn(ThreeConvNet())
+    spec = ModelSpec(arch="three", input_shape=(3, 8, 8), mean=(0.5, 0.4, 0.3), std=(0.2, 0.25, 0.3))
+    fp32 = tmp_path / "f.onnx"
+    export(model, spec, fp32, config=ExportConfig(write_ort=False))
+    return fp32, np.random.default_rng(3).random((16, 3, 8, 8), dtype=np.float32)
+
+
+def test_int8_per_tensor_small_layers_and_float_ends(tmp_path):
+    """per_tensor_max_channels: layers with that few output channels get one weight scale; keep_fp32
+    leaves the first conv and the classifier float; the 3-conv block still fuses to QLinearConv."""
+    from edgeclean.export import Int8Config, quantize_int8
+
+    fp32, calib = _three_conv_fp32(tmp_path)
+    q = tmp_path / "q.onnx"
+    quantize_int8(fp32, q, calib, Int8Config(per_tensor_max_channels=8, keep_fp32=("first_conv", "classifier")))
+    proto = onnx.load(str(q))
+    onnx.checker.check_model(proto, full_check=True)
+    inits = {t.name: t for t in proto.graph.initializer}
+    assert list(inits["conv2.0.weight_scale"].dims) == [] and list(inits["conv2.1.weight_scale"].dims) == []  # 4, 5 ch
+    assert list(inits["conv2.2.weight_scale"].dims) == [16]  # 16 channels: per channel
+    assert inits["conv2.1.weight"].data_type == onnx.TensorProto.INT8
+    for name in ("conv1.weight", "fc.weight"):  # left float, no DQ in front
+        assert inits[name].data_type == onnx.TensorProto.FLOAT
+    assert sum(n.op_type == "Conv" for n in proto.graph.node) == 4
+    x = np.random.default_rng(4).random((8, 3, 8, 8), dtype=np.float32)
+    ref = ort_run(fp32, x)
+    assert np.max(np.abs(ort_run(q, x) - ref)) < 0.2 * np.max(np.abs(ref))
+    so = ort.SessionOptions()
+    so.optimized_model_filepath = str(tmp_path / "opt.onnx")
+    ort.InferenceSession(str(q), so, providers=["CPUExecutionProvider"])
+    fused = [n.name.split("/")[0] for n in onnx.load(str(tmp_path / "opt.onnx")).graph.node if n.op_type == "QLinearConv"]
+    assert {"conv2.0", "conv2.1", "conv2.2"} <= set(fused) and "conv1" not in fused
+
+
+def test_int8_shared_zero_points_change_no_output(tmp_path):
+    from onnx import numpy_helper
+
+    from edgeclean.export import Int8Config, quantize_int8
+
+    fp32, calib = _three_conv_fp32(tmp_path)
+    shared, apart = tmp_path / "s.onnx", tmp_path / "a.onnx"
+    quantize_int8(fp32, shared, calib, Int8Config(share_zero_points=True))
+    quantize_int8(fp32, apart, calib, Int8Config(share_zero_points=False))
+    x = np.random.default_rng(4).random((8, 3, 8, 8), dtype=np.float32)
+    np.testing.assert_array_equal(ort_run(shared, x), ort_run(apart, x))
+    g = onnx.load(str(shared)).graph
+    inits = {t.name: t for t in g.initializer}
+    zps = {n.input[2] for n in g.node if n.op_type in ("QuantizeLinear", "DequantizeLinear") and len(n.input) > 2
+           and not inits[n.input[2]].dims}  # activations' (weights' are per channel)
+    values = [int(numpy_helper.to_array(inits[z])) for z in zps]
+    assert len(values) == len(set(values))  # one initializer per distinct value ...
+    assert all(z == f"zero_point_{v}" for z, v in zip(zps, values))  # ... named by it
+    assert shared.stat().st_size < apart.stat().st_size
+
+
+def test_int8_bad_calibration_method_is_user_error(tmp_path):
+    from edgeclean.export import Int8Config, quantize_int8
+
+    fp32, calib = _three_conv_fp32(tmp_path)
+    with pytest.raises(UserError, match="calibrate_method"):
+        quantize_int8(fp32, tmp_path / "q.onnx", calib, Int8Config(calibrate_method="kl"))
