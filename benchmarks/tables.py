@@ -263,6 +263,8 @@ def _brief(info: dict) -> dict:
         keep["cc"]["finetune_steps"] = (info.get("finetune") or {}).get("steps")
         patch = info["cc"].get("patch")  # the teacher patch: only when the scan suspected a target
         keep["cc"]["patch"] = None if not patch else {"pruned": len(patch["units"]), "of": patch["n_inputs"],
+                                                      "channels": len(patch.get("channels", [])),
+                                                      "of_channels": patch.get("n_channels", 0),
                                                       "success_before": patch["success_before"],
                                                       "success_after": patch["success_after"]}
         keep["cc"]["patch_target"] = (info.get("finetune") or {}).get("target_class")

@@ -28,12 +28,12 @@ import torch
 from torch import nn
 
 from .factorize import conv_layers, factorizable, factorize_conv, reconstruct, scale, tucker2
-from .finetune import FinetuneConfig, finetune
+from .finetune import FinetuneConfig, finetune, native_bf16
 from .ranks import (
     LayerSpectrum, RankConfig, allocate_ranks, check_precision, conv_bytes, energy_ranks, estimate_bytes,
 )
 from .scaling import ScaleConfig, scale_mode
-from .unlearn import PatchConfig, patch_head, prune_head_units
+from .unlearn import PatchConfig, apply_patch, patch_head
 
 
 @dataclass
@@ -43,6 +43,9 @@ class CCConfig:
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     n_synthetic: int = 512  # clean synthetic images for fine-tuning (the scan's are reused first)
     synth_iterations: int | None = None  # None: synth's default
+    # bf16 autocast while synthesising; None: where the CPU has native bf16 (2x faster per iteration on a
+    # full-width ResNet-18, same BN-statistics loss: CC_NOTES section 9)
+    synth_bf16: bool | None = None
     probe_eps: float | None = None  # None: probe's default
     do_scale: bool = True  # False: "synthetic fine-tuning alone" (ablation)
     do_finetune: bool = True  # False: "rank scaling alone" (ablation)
@@ -105,7 +108,9 @@ def synthetic_data(model: nn.Module, spec, n: int, config: CCConfig, scan_result
         synth_cfg = SynthConfig(seed=config.seed + 1, progress=config.progress)
         if config.synth_iterations:
             synth_cfg = replace(synth_cfg, iterations=config.synth_iterations)
-        new = synthesize(model, spec, n - have, synth_cfg)
+        use_bf16 = native_bf16() if config.synth_bf16 is None else config.synth_bf16
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16):
+            new = synthesize(model, spec, n - have, synth_cfg)
         images.append(new)
         if config.finetune.adv_weight > 0:
             probe_cfg = ProbeConfig() if config.probe_eps is None else ProbeConfig(eps=config.probe_eps)
@@ -207,7 +212,7 @@ def clean_and_compact(model: nn.Module, spec, budget_bytes: int | None = None, p
             kd_teacher = copy.deepcopy(teacher).eval()
             patched = patch_head(input_model(kd_teacher, spec), kd_teacher, images, target, config.patch)
             if patched is not None:
-                prune_head_units(student, patched.units)
+                apply_patch(student, patched)
                 patch_info = asdict(patched)
             timings["patch_s"] = time.perf_counter() - t0
         t0 = time.perf_counter()

@@ -145,8 +145,10 @@ def render_html(report: dict) -> str:
     if patch:
         out.append("<h2>Teacher patch (backdoor unlearning)</h2>")
         out.append(f"<p>Triggers reverse-engineered on synthetic images for the suspected target class; the "
-                   f"classifier head's inputs they excite most were pruned before distilling: "
-                   f"<b>{len(patch.get('units', []))} of {patch.get('n_inputs')}</b> inputs of <code>{_e(patch.get('head'))}</code>. "
+                   f"units they excite most were silenced before distilling: "
+                   f"<b>{len(patch.get('channels', []))} of {patch.get('n_channels', 0)}</b> BatchNorm channels, then "
+                   f"<b>{len(patch.get('units', []))} of {patch.get('n_inputs')}</b> inputs of the head "
+                   f"<code>{_e(patch.get('head'))}</code>. "
                    f"Share of held-out synthetic images the triggers send to the target: "
                    f"<b>{patch.get('success_before', 0):.0%} → {patch.get('success_after', 0):.0%}</b>.</p>")
         out.append(_table(["trigger", "size", "success (fit)", "success (held out)", "used"],
