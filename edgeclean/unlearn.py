@@ -42,7 +42,11 @@ class PatchConfig:
     # gave ASR 3.4% there with the same demo result as 0.1.
     eps: float = 0.15
     shortcut: float = 0.5  # a trigger counts only if it sends at least this share of held-out images to the target
-    success_below: float = 0.3  # stop pruning once every counted trigger flips fewer held-out images
+    # stop pruning once every counted trigger flips fewer held-out images than this. Measured (CC_NOTES
+    # section 9, C&C students, 1,000 test images): 0.3 left demo / resnet18_badnets / vgg11_badnets at
+    # CA 90.0 / 89.8 / 85.0 with ASR 7.6 / 5.0 / 12.5; 0.15 gave 86.4 / 88.7 / 81.5 with ASR 2.4 / 0.2 / 5.7
+    # (distillation brings part of the backdoor back, so the teacher's bound must be below the ASR aimed at)
+    success_below: float = 0.15
     max_fraction: float = 0.5  # never prune more than this share of the head's inputs
     # where to prune, in order: "channels" (BatchNorm channels anywhere in the net) first, then "head"
     # inputs only if the triggers still work. Measured (CC_NOTES section 9): channels first keeps more

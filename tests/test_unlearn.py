@@ -92,7 +92,8 @@ def test_patch_head_silences_the_real_trigger_and_keeps_clean_accuracy(model):
     x, _ = clean_images(256, 3)
     held, y = clean_images(256, 5)
     # a patch backdoor: the mask trigger (on this 8x8 toy an L-inf 0.1 perturbation is a large one)
-    result = patch_head(net, net, x, TARGET, PatchConfig(kinds=("mask",), steps=150, n_reverse=128, n_check=128))
+    result = patch_head(net, net, x, TARGET, PatchConfig(kinds=("mask",), steps=150, n_reverse=128, n_check=128,
+                                                               success_below=0.3))
     assert result is not None and result.head == "4"
     assert 0 < len(result.units) <= 16  # max_fraction 0.5 of the 32 head inputs
     assert result.success_before > 0.9 and result.success_after < 0.3
@@ -125,7 +126,8 @@ def test_channel_patch_silences_the_real_trigger_and_the_student_gets_it():
     student = copy.deepcopy(teacher)
     # channels first, up to a quarter of the 24; on this toy that leaves the trigger working (0.44 measured),
     # so head inputs go next
-    result = patch_head(teacher, teacher, x, TARGET, PatchConfig(kinds=("mask",), steps=150, max_channel_fraction=0.25))
+    result = patch_head(teacher, teacher, x, TARGET, PatchConfig(kinds=("mask",), steps=150, max_channel_fraction=0.25,
+                                                                     success_below=0.3))
     assert result.n_channels == 24 and 0 < len(result.channels) <= 6 and len(result.units) > 0
     assert result.success_before > 0.9 and result.success_after < 0.3
     assert real_asr(teacher, held, y) < 0.3  # the real trigger, never seen by the patch
