@@ -44,6 +44,7 @@ class Int8Config:
     calibrate_method: str = "minmax"  # "minmax", "entropy" or "percentile" (onnxruntime CalibrationMethod)
     percentile: float = 99.999  # for "percentile"
     moving_average: bool = False  # MinMax over batches: average the per-batch ranges instead of min/max
+    calibration_batch: int = 16  # images per calibration batch (with moving_average: per averaged range)
     symmetric_activations: bool = False
     # node kinds left float (not quantised): "first_conv" (reads the normalised input), "classifier"
     # (the layer that writes the logits)
@@ -152,7 +153,12 @@ def _readable_names(model_proto) -> None:
         op, path = (parts[-1] if parts else node.op_type), ""
         for p in parts[:-1]:  # a Sequential child's scope repeats its parent: 'layer1/layer1.0'
             last = path.rsplit(".", 1)[-1]
-            path = p if not path else (path + p[len(last):] if p.startswith(last + ".") else f"{path}.{p}")
+            if not path or p.startswith(path + "."):  # ... in full: 'features/features.15/features.15.1'
+                path = p
+            elif p.startswith(last + "."):  # ... or from the last name: 'layer2.1.conv1/conv1.0'
+                path += p[len(last):]
+            else:
+                path = f"{path}.{p}"
         is_norm = not path and op in ("Sub", "Div") and node.input and node.input[0] in norm_edges
         if is_norm:
             norm_edges.update(node.output)
@@ -508,7 +514,7 @@ def quantize_int8(fp32_path: Path, out_path: Path, calib: np.ndarray, config: In
         op_types = sorted({n.op_type for n in nodes} - {"BatchNormalization"})
         exclude, extra = _quant_options(nodes, {t.name: t for t in graph.initializer}, cfg)
         quantize_static(
-            str(pre), str(out_path), Reader(calib, name), quant_format=QuantFormat.QDQ,
+            str(pre), str(out_path), Reader(calib, name, cfg.calibration_batch), quant_format=QuantFormat.QDQ,
             activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
             per_channel=cfg.per_tensor_max_channels <= 0, calibrate_method=methods[cfg.calibrate_method],
             op_types_to_quantize=op_types, nodes_to_exclude=exclude, extra_options=extra,
