@@ -129,6 +129,7 @@ def test_channel_patch_silences_the_real_trigger_and_the_student_gets_it():
     result = patch_head(teacher, teacher, x, TARGET, PatchConfig(kinds=("mask",), steps=150, max_channel_fraction=0.25,
                                                                      success_below=0.3))
     assert result.n_channels == 24 and 0 < len(result.channels) <= 6 and len(result.units) > 0
+    assert [c["plan"] for c in result.candidates] == ["channels+head", "head"] and result.plan == "channels+head"
     assert result.success_before > 0.9 and result.success_after < 0.3
     assert real_asr(teacher, held, y) < 0.3  # the real trigger, never seen by the patch
     with torch.no_grad():

@@ -23,7 +23,7 @@ ap.add_argument("--eps", type=float, default=0.15)
 ap.add_argument("--target", type=int, default=None)
 ap.add_argument("--bf16", action="store_true")
 ap.add_argument("--below", type=float, default=0.3)
-ap.add_argument("--where", default="channels,head")
+ap.add_argument("--plans", default="channels+head/head", help="plans separated by /, stages by +")
 args = ap.parse_args()
 torch.set_num_threads(1)
 path = Path(args.suspect); card = read_card(path)
@@ -41,7 +41,7 @@ if files:
     sc.images = d["images"][: args.n]; sc.adv_images = d["adv"][: args.n]
 sc.target_class = target if args.target is None else args.target
 cfg = CCConfig(n_synthetic=args.n, do_scale=not args.noscale, finetune=FinetuneConfig(steps=args.steps, adv_weight=args.adv, lr=args.lr, bf16=args.bf16),
-               patch=None if args.nopatch else PatchConfig(kinds=tuple(args.kinds.split(",")), eps=args.eps, success_below=args.below, where=tuple(args.where.split(","))))
+               patch=None if args.nopatch else PatchConfig(kinds=tuple(args.kinds.split(",")), eps=args.eps, success_below=args.below, plans=tuple(tuple(p.split("+")) for p in args.plans.split("/"))))
 t0 = time.time()
 st, rep = clean_and_compact(model, spec, budget_bytes=int(estimate_bytes(model) / 8), config=cfg, scan_result=sc)
 p = rep.patch

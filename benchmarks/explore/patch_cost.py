@@ -20,7 +20,7 @@ from edgeclean.unlearn import PatchConfig, patch_head
 ap = argparse.ArgumentParser()
 ap.add_argument("suspects", nargs="+")
 ap.add_argument("--settings", nargs="+", default=["channels+head,128,200,0", "channels+head,64,100,1"],
-                help="where,n_reverse,steps,bf16[,success_below] per setting (where: head, channels, channels+head)")
+                help="where,n_reverse,steps,bf16[,success_below] per setting (where: plans separated by /, stages by +, e.g. channels+head/head)")
 ap.add_argument("--out", default="benchmarks/results/explore_patch_cost.json")
 args = ap.parse_args()
 torch.set_num_threads(1)
@@ -37,7 +37,7 @@ for s in args.suspects:
         images = synthesize(model, spec, 512, SynthConfig(seed=1)); torch.save(images, cache)
     for setting in args.settings:
         where, n, steps, bf16, *rest = setting.split(",")
-        cfg = replace(PatchConfig(), where=tuple(where.split("+")), n_reverse=int(n), steps=int(steps), bf16=bool(int(bf16)))
+        cfg = replace(PatchConfig(), plans=tuple(tuple(p.split("+")) for p in where.split("/")), n_reverse=int(n), steps=int(steps), bf16=bool(int(bf16)))
         if rest:
             cfg = replace(cfg, success_below=float(rest[0]))
         patched = copy.deepcopy(model).eval()
@@ -46,7 +46,7 @@ for s in args.suspects:
         dt = time.time() - t0
         r = evaluate(input_model(patched, spec).eval(), test, attack, target, params)
         row = {"ca": round(r["ca"] * 100, 1), "asr": round(r["asr"] * 100, 1), "units": len(res.units),
-               "channels": len(res.channels),
+               "channels": len(res.channels), "plan": res.plan, "candidates": res.candidates,
                "success": (res.success_before, res.success_after), "seconds": round(dt, 1)}
         print(path.stem, setting, row, flush=True)
         rows.setdefault(path.stem, {})[setting] = row
