@@ -265,6 +265,7 @@ def _brief(info: dict) -> dict:
         keep["cc"]["patch"] = None if not patch else {"pruned": len(patch["units"]), "of": patch["n_inputs"],
                                                       "channels": len(patch.get("channels", [])),
                                                       "of_channels": patch.get("n_channels", 0),
+                                                      "plan": patch.get("plan"),
                                                       "success_before": patch["success_before"],
                                                       "success_after": patch["success_after"]}
         keep["cc"]["patch_target"] = (info.get("finetune") or {}).get("target_class")

@@ -145,7 +145,8 @@ def render_html(report: dict) -> str:
     if patch:
         out.append("<h2>Teacher patch (backdoor unlearning)</h2>")
         out.append(f"<p>Triggers reverse-engineered on synthetic images for the suspected target class; the "
-                   f"units they excite most were silenced before distilling: "
+                   f"units they excite most were silenced before distilling (plan <code>{_e(patch.get('plan'))}</code>, "
+                   f"the candidate that changed the fewest synthetic predictions): "
                    f"<b>{len(patch.get('channels', []))} of {patch.get('n_channels', 0)}</b> BatchNorm channels, then "
                    f"<b>{len(patch.get('units', []))} of {patch.get('n_inputs')}</b> inputs of the head "
                    f"<code>{_e(patch.get('head'))}</code>. "
