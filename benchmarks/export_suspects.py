@@ -35,6 +35,7 @@ import platform
 import sys
 import tempfile
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -42,7 +43,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from edgeclean.errors import GateFailed  # noqa: E402
-from edgeclean.export import ExportConfig, export, run_onnx  # noqa: E402
+from edgeclean.export import ExportConfig, Int8Config, export, run_onnx  # noqa: E402
 from edgeclean.load import ModelSpec, load_suspect  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -164,6 +165,9 @@ def markdown(rows: list[dict], args, env: dict) -> str:
         f"{args.real_limit} real test images (information only). Targets: parity <= 1e-4, synthetic agreement "
         ">= 99%, int8 <= 0.27 x fp32.",
         "",
+        f"int8 settings (edgeclean.export.Int8Config defaults): {env['int8']}."
+        + (f" Cleaned models from the cache {args.cache} (made by the same command)." if args.cache else ""),
+        "",
         f"Host: {env['host']}, load average at start {env['load_start']}, at end {env['load_end']} (loaded, 2 shared cores).",
         "",
         "| model | orig fp32 | C&C fp32 | int8 | int8/fp32 | parity | int8 agr. synth | noise | real agr. | fp32 acc | int8 acc | s |",
@@ -209,7 +213,8 @@ def main() -> int:
     torch.set_num_threads(1)
     models = args.models or sorted(glob.glob(str(ROOT / "benchmarks" / "suspects" / "*.pt")))
     env = {"host": platform.node() or "?", "load_start": " ".join(f"{v:.2f}" for v in os.getloadavg()),
-           "torch_threads": torch.get_num_threads()}
+           "torch_threads": torch.get_num_threads(), "int8": asdict(Int8Config()),
+           "commit": os.popen(f"git -C {ROOT} rev-parse --short HEAD").read().strip()}
     rows = []
     for path in models:
         row = check(path, args)

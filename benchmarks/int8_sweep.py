@@ -38,6 +38,7 @@ from onnx_bytes import int8_breakdown  # noqa: E402
 
 BASE = Int8Config(share_zero_points=False)  # the format before this sweep
 SETTINGS: dict[str, Int8Config] = {
+    "default": Int8Config(),  # MinMax, classifier fp32, shared zero points (chosen by this sweep)
     "minmax (previous default)": BASE,
     "minmax + shared zp": replace(BASE, share_zero_points=True),
     "minmax int32 bias": replace(BASE, quantize_bias=True),

@@ -36,9 +36,35 @@ INT8_SIZE_RATIO = 0.27
 class Int8Config:
     """How ``quantize_int8`` quantises (always static QDQ, int8 activations and weights, float biases).
 
-    The defaults were chosen on the 12 suite suspects after C&C with fine-tuning, on both figures
-    that matter (top-1 agreement with fp32 on held-out synthetic images, and int8 / fp32 bytes):
-    ``benchmarks/int8_sweep.py``, results in ``benchmarks/results/int8_sweep.json``.
+    The defaults were chosen on the 12 suite suspects after C&C with fine-tuning (budget 1/8), on
+    both figures the export target is about: top-1 agreement with the fp32 artifact on held-out
+    synthetic images, and int8 / fp32 bytes (``benchmarks/int8_sweep.py``; results in
+    ``benchmarks/results/export_suspects_int8_sweep_*.json``, 64 synthetic calibration images):
+
+    ===================================  ==========================  ============  ===========
+    setting                              256 held-out (seed 1)       512 (seed 2)  int8/fp32
+    ===================================  ==========================  ============  ===========
+    MinMax (previous default)            8/12 >= 99%, mean 99.15%    98.94%        0.314-0.351
+    **MinMax, classifier fp32**          10/12, mean 99.32%          99.25%        0.326-0.361
+    MinMax moving average                9/12, mean 99.28%           98.88%        0.314-0.351
+    moving average + classifier fp32     9/12, mean 99.38%           99.12%        0.325-0.359
+    Entropy                              = MinMax (see below)
+    Percentile 99.999 / 99.99            7/12, 5/12                               0.314-0.351
+    symmetric activations                5/12, mean 98.99%                        0.319-0.360
+    first conv fp32                      5/12                                     0.314-0.356
+    per tensor <= 8 / 32 ch / all        8/12, 9/12, 7/12            98.89% (<=8)  0.314-0.349 / 0.310-0.343 / 0.300-0.331
+    int32 biases                         8/12                                     0.330-0.377
+    256 calibration images (MinMax)      5/12, mean 98.89%                        0.314-0.351
+    ===================================  ==========================  ============  ===========
+
+    Keeping the classifier (the Gemm writing the logits, ~1% of the weights) float is the one change
+    that raised agreement on both held-out sets and on 1,000 real test images (99.03% -> 99.26%); it
+    costs ~0.011 of the ratio. Everything else moved agreement by a few images either way (one image
+    is 0.39% of 256). What is left are near-ties: synthetic images are ambiguous by construction
+    (2-3% of them have a top-2 logit margin < 0.1) and int8 perturbs the logits by ~0.1 on average;
+    no single layer kept float removes the flips (measured layer by layer on vgg11_sig). Entropy
+    through ``quantize_static`` uses 128 histogram bins for 128 quantised bins, so it has no
+    threshold to choose and returns exactly the MinMax ranges (identical scales, measured).
     """
 
     calibrate_method: str = "minmax"  # "minmax", "entropy" or "percentile" (onnxruntime CalibrationMethod)
@@ -48,7 +74,7 @@ class Int8Config:
     symmetric_activations: bool = False
     # node kinds left float (not quantised): "first_conv" (reads the normalised input), "classifier"
     # (the layer that writes the logits)
-    keep_fp32: tuple[str, ...] = ()
+    keep_fp32: tuple[str, ...] = ("classifier",)
     # a weight whose layer has at most this many output channels gets one scale for the whole tensor
     # instead of one per channel (saves 4 bytes a channel on the small factor convs); 0: per channel everywhere
     per_tensor_max_channels: int = 0

@@ -215,7 +215,7 @@ def test_int8_compact_format_changes_no_output(tmp_path):
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    from edgeclean.export import quantize_int8
+    from edgeclean.export import Int8Config, _quant_options, quantize_int8
 
     torch.manual_seed(0)
     model = randomize_bn(ThreeConvNet())
@@ -236,10 +236,15 @@ def test_int8_compact_format_changes_no_output(tmp_path):
 
     pre, plain = tmp_path / "pre.onnx", tmp_path / "plain.onnx"
     quant_pre_process(str(fp32), str(pre))
-    op_types = sorted({n.op_type for n in onnx.load(str(pre)).graph.node})
+    graph = onnx.load(str(pre)).graph
+    op_types = sorted({n.op_type for n in graph.node})
+    # the default settings' quantiser options (calibration, float layers), as quantize_int8 passes them
+    cfg = Int8Config()
+    exclude, extra = _quant_options(graph.node, {t.name: t for t in graph.initializer}, cfg)
+    assert {"input/Sub", "input/Div"} <= set(exclude) and extra["QuantizeBias"] is False
     quantize_static(str(pre), str(plain), Reader(), quant_format=QuantFormat.QDQ, activation_type=QuantType.QInt8,
-                    weight_type=QuantType.QInt8, per_channel=True, op_types_to_quantize=op_types,
-                    nodes_to_exclude=["input/Sub", "input/Div"], extra_options={"QuantizeBias": False})
+                    weight_type=QuantType.QInt8, per_channel=cfg.per_tensor_max_channels <= 0,
+                    op_types_to_quantize=op_types, nodes_to_exclude=exclude, extra_options=extra)
     x = np.random.default_rng(4).random((8, 3, 8, 8), dtype=np.float32)
     got, ref = ort_run(ours, x), ort_run(plain, x)
     assert np.max(np.abs(got - ref)) <= 1e-5 * max(1.0, float(np.max(np.abs(ref))))
@@ -328,3 +333,26 @@ def test_int8_bad_calibration_method_is_user_error(tmp_path):
     fp32, calib = _three_conv_fp32(tmp_path)
     with pytest.raises(UserError, match="calibrate_method"):
         quantize_int8(fp32, tmp_path / "q.onnx", calib, Int8Config(calibrate_method="kl"))
+
+
+def test_int8_default_keeps_classifier_float(tmp_path):
+    """The default int8 settings (chosen by benchmarks/int8_sweep.py): MinMax calibration, per-channel
+    weights, the logits' Gemm left float, one initializer per distinct activation zero point; export
+    reports them."""
+    torch.manual_seed(0)
+    model = randomize_bn(ThreeConvNet())
+    spec = ModelSpec(arch="three", input_shape=(3, 8, 8), mean=(0.5, 0.4, 0.3), std=(0.2, 0.25, 0.3))
+    calib = np.random.default_rng(3).random((16, 3, 8, 8), dtype=np.float32)
+    out = tmp_path / "q.onnx"
+    info = export(model, spec, out, precision="int8", calib=calib,
+                  config=ExportConfig(int8_min_agreement=0.0, write_ort=False))
+    assert info["config"]["int8"]["keep_fp32"] == ("classifier",)
+    assert info["config"]["int8"]["calibrate_method"] == "minmax"
+    g = onnx.load(str(out)).graph
+    inits = {t.name: t for t in g.initializer}
+    assert inits["fc.weight"].data_type == onnx.TensorProto.FLOAT
+    assert inits["conv2.1.weight"].data_type == onnx.TensorProto.INT8
+    assert list(inits["conv2.2.weight_scale"].dims) == [16]  # per channel
+    assert any(t.startswith("zero_point_") for t in inits)
+    gemm = next(n for n in g.node if n.op_type == "Gemm")
+    assert gemm.name == "fc/Gemm" and gemm.input[1] == "fc.weight"  # no DQ in front of the float classifier
