@@ -36,7 +36,7 @@ from edgeclean.export import ExportConfig, Int8Config, export, quantize_int8, ru
 from export_suspects import load_cleaned  # noqa: E402
 from onnx_bytes import int8_breakdown  # noqa: E402
 
-BASE = Int8Config(share_zero_points=False)  # the format before this sweep
+BASE = Int8Config(keep_fp32=(), share_zero_points=False)  # the settings before this sweep
 SETTINGS: dict[str, Int8Config] = {
     "default": Int8Config(),  # MinMax, classifier fp32, shared zero points (chosen by this sweep)
     "minmax (previous default)": BASE,
@@ -199,6 +199,7 @@ PART_NAMES = {
     "weights_int8": "int8 weights (initializers: payload + name + dims)",
     "weight_scales": "weight scales (float, per channel or per tensor)",
     "weight_zero_points": "weight zero points (only where a Gemm needs them)",
+    "weights_fp32": "float weights (layers kept fp32)",
     "biases": "biases (float)",
     "activation_qparams": "activation Q/DQ scales and zero points",
     "other_initializers": "other initializers (Flatten's shape etc.)",

@@ -58,7 +58,7 @@ def int8_breakdown(int8_path: str, fp32_path: str | None = None) -> dict:
     for node in g.node:
         for x in node.input:
             consumer.setdefault(x, node.op_type)
-    parts = {"weights_int8": 0, "weight_scales": 0, "weight_zero_points": 0, "biases": 0,
+    parts = {"weights_int8": 0, "weight_scales": 0, "weight_zero_points": 0, "weights_fp32": 0, "biases": 0,
              "activation_qparams": 0, "other_initializers": 0}
     for t in g.initializer:
         a, size = numpy_helper.to_array(t), t.ByteSize()
@@ -75,6 +75,8 @@ def int8_breakdown(int8_path: str, fp32_path: str | None = None) -> dict:
                 role = "weight_zero_points"
             elif n.op_type in ("Conv", "Gemm") and k == 2 or a.ndim == 1 and n.op_type == "DequantizeLinear" and k == 0:
                 role = "biases"
+            elif n.op_type in ("Conv", "Gemm", "MatMul") and k == 1:  # a layer left float
+                role = "weights_fp32"
             elif n.op_type in ("QuantizeLinear", "DequantizeLinear") and a.ndim == 0:
                 role = "activation_qparams"
         parts[role or "other_initializers"] += size
@@ -115,8 +117,8 @@ def int8_breakdown(int8_path: str, fp32_path: str | None = None) -> dict:
         out["floor"] = (parts["weights_int8"] + parts["weight_scales"] + parts["biases"]) / fp32
         # what the file would weigh with no quantisation parameters and no Q/DQ nodes at all: int8
         # weights, float biases, the compute nodes (the same as in the fp32 file) and the graph shell
-        out["floor_without_qdq"] = (parts["weights_int8"] + parts["biases"] + parts["nodes_compute"]
-                                    + parts["rest"]) / fp32
+        out["floor_without_qdq"] = (parts["weights_int8"] + parts["weights_fp32"] + parts["biases"]
+                                    + parts["nodes_compute"] + parts["rest"]) / fp32
     return out
 
 
