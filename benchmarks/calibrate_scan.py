@@ -43,6 +43,7 @@ def main():
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--uap-steps", type=int, default=None, help="universal perturbation steps")
     ap.add_argument("--no-trigger", action="store_true", help="skip the trigger reverse-engineering probe")
+    ap.add_argument("--no-grating", action="store_true", help="skip the grating probe")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (1 is faster on a loaded machine)")
     ap.add_argument("--out", default=None, help="write the rows as JSON here")
     ap.add_argument("--from-json", default=None, help="re-judge the rows of an earlier --out (no scanning)")
@@ -56,6 +57,8 @@ def main():
         cfg.threshold = args.threshold
     if args.no_trigger:
         cfg.trigger = None
+    if args.no_grating:
+        cfg.grating = None
     if args.n:
         cfg.n = args.n
     if args.iterations:
@@ -76,8 +79,9 @@ def main():
         for r in rows:  # re-judge the stored evidence with the current verdict rule (same pure function)
             if r.get("softmax_ratio") is not None and not r.get("inconclusive"):
                 gap = (r.get("universal_target"), r.get("universal_gap")) if r.get("universal_gap") is not None else None
+                grat = (r.get("grating_target"), r.get("grating_gap")) if r.get("grating_gap") is not None else None
                 r["predicted_target"], r["score"], r["basis"] = combine((r["softmax_target"], r["softmax_ratio"]), gap,
-                                                                         cfg.threshold)
+                                                                         cfg.threshold, grating=grat)
             r["suspected"] = r["score"] > cfg.threshold and not r.get("inconclusive")
         paths = []
     for path in paths:
@@ -100,12 +104,14 @@ def main():
                "basis": r.basis, "softmax_ratio": r.softmax_ratio, "softmax_target": r.softmax_target,
                "universal_gap": r.universal_gap, "universal_target": r.universal_target,
                "universal_success": r.universal_success, "inconclusive": r.inconclusive,
+               "grating_gap": r.grating_gap, "grating_target": r.grating_target, "grating_shares": r.grating_shares,
+               "grating_pattern": r.grating_pattern,
                "timings": r.timings, "load": round(os.getloadavg()[0], 1),
                "trigger_mask_l1": r.trigger_mask_l1, "trigger_success": r.trigger_success, "clean_histogram": r.clean_histogram, "flip_histogram": r.flip_histogram}
         rows.append(row)
         print(f"{row['model']:<22} {attack:<8} true {str(row['true_target']):>4}  pred {str(r.target_class):>4}  "
               f"score {r.score:6.2f}  {'SUSPECTED' if r.suspected else 'clean    '}  [{r.basis[:24]}] ratio {r.softmax_ratio:.2f}->{r.softmax_target} "
-              f"gap {r.universal_gap}->{r.universal_target}  flip {r.flip_index:5.2f}->{r.flip_target} "
+              f"gap {r.universal_gap}->{r.universal_target}  grating {r.grating_gap}->{r.grating_target}  flip {r.flip_index:5.2f}->{r.flip_target} "
               f"trigger {row['trigger_index']}->{r.trigger_target}  conc {r.concentration:.2f}->{r.concentration_target}  spread {row['prediction_spread']:.2f}  "
               f"flips {r.flip_histogram}  clean {r.clean_histogram}  {row['seconds']}s", flush=True)
     if not rows:
@@ -150,7 +156,8 @@ def main():
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = out.with_name(out.name + ".tmp")
-        meta = {**vars(args), "n": cfg.n, "universal": vars(cfg.universal) if cfg.universal else None, "iterations": cfg.synth.iterations, "norm": cfg.probe.norm,
+        meta = {**vars(args), "n": cfg.n, "universal": vars(cfg.universal) if cfg.universal else None,
+                "grating": vars(cfg.grating) if cfg.grating else None, "grating_threshold": cfg.grating_threshold, "iterations": cfg.synth.iterations, "norm": cfg.probe.norm,
                 "eps": cfg.probe.eps, "steps": cfg.probe.steps, "threshold": cfg.threshold}
         tmp.write_text(json.dumps({"config": meta, "rows": rows}, indent=2) + "\n")
         os.replace(tmp, out)

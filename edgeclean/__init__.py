@@ -27,6 +27,8 @@ _API = {
     "probe": "probe",
     "ProbeConfig": "probe",
     "universal_perturbation": "probe",
+    "grating_probe": "probe",
+    "GratingConfig": "probe",
     "UniversalConfig": "scan",
     "scan": "scan",
     "ScanConfig": "scan",

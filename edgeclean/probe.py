@@ -18,6 +18,7 @@ scan_evidence_sig_wide.json).
 
 from __future__ import annotations
 
+import math
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -284,3 +285,88 @@ def universal_perturbation(net: nn.Module, images: torch.Tensor, target_class, e
         success = (forward(delta).argmax(1) == y).float().view(t, n).mean(1)
     delta = delta.detach()
     return (delta[0], float(success[0])) if single else (delta, success)
+
+
+# --------------------------------------------------------------------------- grating probe
+
+
+@dataclass
+class GratingConfig:
+    """Sinusoidal gratings added to the synthetic images, one at a time (no optimisation)."""
+
+    amplitude: float = 0.35  # raw pixel units; the suite's SIG trigger has 80/255 = 0.31
+    max_freq: float = 0.25  # highest frequency, in cycles per pixel x side (0.25: up to side/4 cycles)
+    phases: int = 8  # phase steps per frequency (VGG's SIG response halves 1 rad off its phase)
+    images: int = 48  # screening: every grating on the last synthetic images
+    confirm: bool = True  # re-measure each class's best grating on the other images (no selection bias)
+    chunk: int = 16  # gratings per forward batch
+
+
+def gratings(h: int, w: int, max_freq: float = 0.25, phases: int = 8) -> tuple[torch.Tensor, list[tuple[str, int, int]]]:
+    """1-D sinusoidal gratings of unit amplitude, ``sin(2 pi f t / n + 2 pi p / phases)``, varying
+    along the width ("x": constant down each column, SIG's stripes) or along the height ("y"), for
+    integer f = 1 .. floor(max_freq * n) cycles over the side n. Returns (G x H x W, [(axis, f, p)])."""
+    out, meta = [], []
+    for axis, n in (("x", w), ("y", h)):
+        t = torch.arange(n, dtype=torch.float32)
+        for f in range(1, int(max_freq * n) + 1):
+            for p in range(phases):
+                v = torch.sin(2 * math.pi * f * t / n + 2 * math.pi * p / phases)
+                out.append(v.expand(h, w) if axis == "x" else v[:, None].expand(h, w))
+                meta.append((axis, f, p))
+    if not out:
+        return torch.zeros(0, h, w), meta
+    return torch.stack(out), meta
+
+
+@dataclass
+class GratingResult:
+    shares: list[float]  # per class: share of the images its best grating moves INTO it (confirmed if asked)
+    screen_shares: list[float]  # the same on the screening images, where that grating was chosen
+    gratings: list[tuple[str, int, int] | None]  # per class: the grating (axis, f, phase step) that did it
+    seconds: float
+
+
+def grating_probe(net: nn.Module, images: torch.Tensor, num_classes: int, config: GratingConfig = GratingConfig()) -> GratingResult:
+    """Add each grating (``config.amplitude``, pixels clamped to [0, 1], same pattern on every
+    channel) to every image; per class, keep the largest share of the images that one grating moves
+    into that class from another clean prediction. With ``config.confirm`` (and more images than
+    ``config.images``), each class's best grating is then measured again on the images it was not
+    chosen on: the best of ~100 noisy shares is biased upwards, most for a hub class that many
+    gratings reach a little; a trigger's share holds up. A clean-label SIG backdoor learns "stripes of
+    this frequency = target": one grating then moves most images to the target, while a clean
+    model's hub class collects a fraction. Only gratings: the optimised universal perturbations
+    (L-inf, low-frequency DCT, rank-1) did not find the trigger (benchmarks/results/scan_sig_*.json).
+
+    ``net`` takes raw inputs in [0, 1] and should be in eval mode."""
+    start = time.perf_counter()
+    x = images[-config.images:]
+    _, h, w = x.shape[1:]
+    atoms, meta = gratings(h, w, config.max_freq, config.phases)
+    best = torch.zeros(num_classes)
+    arg: list = [None] * num_classes
+    with torch.no_grad():
+        clean = net(x).argmax(1)
+        for i in range(0, len(atoms), config.chunk):
+            a = atoms[i:i + config.chunk]
+            xa = (x.unsqueeze(0) + config.amplitude * a[:, None, None]).clamp(0, 1).flatten(0, 1)
+            pred = net(xa).argmax(1).view(len(a), len(x))
+            for j in range(len(a)):
+                moved = pred[j][pred[j] != clean]
+                share = torch.bincount(moved, minlength=num_classes).float() / len(x)
+                for c in (share > best).nonzero().flatten().tolist():
+                    arg[c] = meta[i + j]
+                best = torch.maximum(best, share)
+        screen = [float(v) for v in best]
+        rest = images[:-config.images]
+        shares = screen
+        if config.confirm and len(rest):
+            clean = net(rest).argmax(1)
+            shares = []
+            for c in range(num_classes):
+                if arg[c] is None:
+                    shares.append(0.0)
+                    continue
+                pred = net((rest + config.amplitude * atoms[meta.index(arg[c])]).clamp(0, 1)).argmax(1)
+                shares.append(float(((pred == c) & (clean != c)).float().mean()))
+    return GratingResult(shares, screen, arg, time.perf_counter() - start)

@@ -47,10 +47,12 @@ import torch
 from torch import nn
 
 from .probe import (
+    GratingConfig,
     ProbeConfig,
     ProbeResult,
     TriggerConfig,
     frozen_eval,
+    grating_probe,
     low_outlier_index,
     probe,
     trigger_probe,
@@ -69,6 +71,10 @@ COLLAPSE_SHARE = 0.5
 # Universal-perturbation gap (top class's success minus the runner-up's) that counts as a shortcut;
 # the score maps it onto the concentration's scale (gap * DEFAULT_THRESHOLD / GAP_THRESHOLD).
 GAP_THRESHOLD = 0.25
+# Grating gap (the best class's grating share minus the runner-up's) that counts as a SIG-type
+# stripe trigger; on the suite SIG scored >= 0.40, clean and compressed clean models <= 0.23
+# (benchmarks/results/scan_sig_*.json).
+GRATING_THRESHOLD = 0.39
 
 
 @dataclass
@@ -96,6 +102,8 @@ class ScanConfig:
     gap_threshold: float = GAP_THRESHOLD
     collapse_share: float = COLLAPSE_SHARE
     trigger: TriggerConfig | None = None  # TriggerConfig() adds the Neural-Cleanse evidence (slower)
+    grating: GratingConfig | None = field(default_factory=GratingConfig)  # None: no grating probe
+    grating_threshold: float = GRATING_THRESHOLD
     threshold: float = DEFAULT_THRESHOLD
     progress: bool = False
     threads: int | None = None  # torch threads during the scan (1 is faster on an oversubscribed CPU)
@@ -131,6 +139,10 @@ class ScanResult:
     universal_success: list[float] | None = None  # per class: share of images its universal perturbation sends there
     universal_gap: float | None = None  # top share minus the runner-up's
     universal_target: int | None = None
+    grating_shares: list[float] | None = None  # per class: largest share of images one grating moves into it
+    grating_gap: float | None = None  # top share minus the runner-up's
+    grating_target: int | None = None
+    grating_pattern: list | None = None  # the top class's grating: [axis, cycles over the side, phase step]
     # Tensors reused by fine-tuning (omitted from to_dict):
     images: torch.Tensor | None = None
     clean_pred: torch.Tensor | None = None
@@ -157,6 +169,9 @@ class ScanResult:
             "universal_success": None if self.universal_success is None else [round(v, 4) for v in self.universal_success],
             "universal_gap": None if self.universal_gap is None else round(self.universal_gap, 4),
             "universal_target": self.universal_target,
+            "grating_shares": None if self.grating_shares is None else [round(v, 4) for v in self.grating_shares],
+            "grating_gap": None if self.grating_gap is None else round(self.grating_gap, 4),
+            "grating_target": self.grating_target, "grating_pattern": self.grating_pattern,
         }
 
 
@@ -221,16 +236,28 @@ def softmax_ratio(mean_softmax: list[float]) -> tuple[int | None, float]:
 
 
 def combine(ratio: tuple[int | None, float], gap: tuple[int | None, float] | None, threshold: float = DEFAULT_THRESHOLD,
-            ratio_threshold: float = RATIO_THRESHOLD, gap_threshold: float = GAP_THRESHOLD) -> tuple[int | None, float, str]:
+            ratio_threshold: float = RATIO_THRESHOLD, gap_threshold: float = GAP_THRESHOLD,
+            grating: tuple[int | None, float] | None = None,
+            grating_threshold: float = GRATING_THRESHOLD) -> tuple[int | None, float, str]:
     """(target, score, which evidence). Each kind is put on one scale (its own line maps onto
     ``threshold``). The softmax ratio speaks alone; the universal gap only adds to it when both
     point at the same class. Measured on the suite (benchmarks/results/scan_calibration_*seed*.json):
     the gap on 16 images is too noisy to stand alone (a clean VGG reached 0.25 on one seed), but a
-    global trigger (FTrojan on VGG, ratio only 1.17-1.35) always had its class on top of both."""
+    global trigger (FTrojan on VGG, ratio only 1.17-1.35) always had its class on top of both.
+
+    The grating gap is a separate path for clean-label stripe triggers (SIG), which leave the
+    ratio and the universal gap at clean levels: when its score is the larger, it decides the
+    target and the score. On the dirty-label models it stayed below their ratio scores."""
     r_score = (ratio[1] - 1) * threshold / (ratio_threshold - 1)
     if gap is None or gap[0] is None or gap[0] != ratio[0]:
-        return ratio[0], r_score, "softmax ratio"
-    return ratio[0], r_score + gap[1] * threshold / gap_threshold, "softmax ratio + universal gap"
+        target, score, which = ratio[0], r_score, "softmax ratio"
+    else:
+        target, score, which = ratio[0], r_score + gap[1] * threshold / gap_threshold, "softmax ratio + universal gap"
+    if grating is not None and grating[0] is not None:
+        g_score = grating[1] * threshold / grating_threshold
+        if g_score > score:
+            return grating[0], g_score, "grating gap"
+    return target, score, which
 
 
 def verdict(score: float, threshold: float) -> bool:
@@ -272,6 +299,11 @@ def _scan(model: nn.Module, spec, config: ScanConfig, callback) -> ScanResult:
             _, success = universal_perturbation(net, images[:u.images], list(range(spec.num_classes)), u.eps, u.steps, u.norm)
         uni = success.tolist()
     t4 = time.perf_counter()
+    grat = None
+    if config.grating is not None and stats.method == "bn-stats":
+        with frozen_eval(model):
+            grat = grating_probe(net, images, spec.num_classes, config.grating)
+    t5 = time.perf_counter()
     flips, clean_counts = result.flip_histogram(), torch.bincount(clean_pred, minlength=spec.num_classes).tolist()
     flip = flip_index(flips, clean_counts)
     conc = concentration_index(clean_counts)
@@ -279,6 +311,7 @@ def _scan(model: nn.Module, spec, config: ScanConfig, callback) -> ScanResult:
     # Without BatchNorm the images come from class-balanced inversion: their predictions are even
     # by construction, so only the flip evidence is left (uncalibrated; said in ``basis``).
     gap = universal_gap(uni) if uni is not None else None
+    ggap = universal_gap(grat.shares) if grat is not None else None  # same statistic: top minus runner-up
     ratio = softmax_ratio(mean_softmax)
     top_share = max(clean_counts) / max(sum(clean_counts), 1)
     inconclusive = False
@@ -289,7 +322,8 @@ def _scan(model: nn.Module, spec, config: ScanConfig, callback) -> ScanResult:
         basis = (f"inconclusive: {top_share:.0%} of the synthetic images fall in class {conc[0]} (> "
                  f"{config.collapse_share:.0%}); the BN statistics no longer describe this network")
     elif stats.method == "bn-stats":
-        target, score, which = combine(ratio, gap, config.threshold, config.ratio_threshold, config.gap_threshold)
+        target, score, which = combine(ratio, gap, config.threshold, config.ratio_threshold, config.gap_threshold,
+                                       ggap, config.grating_threshold)
         basis = which
     else:
         target, score, basis = *flip, "flip-index (no BatchNorm; uncalibrated)"
@@ -311,13 +345,18 @@ def _scan(model: nn.Module, spec, config: ScanConfig, callback) -> ScanResult:
         trigger_mask_l1=None if trig is None else trig.mask_l1, trigger_success=None if trig is None else trig.success,
         synthesis=synthesis,
         timings={"synth_s": round(t1 - t0, 2), "probe_s": round(t2 - t1, 2), "trigger_s": round(t3 - t2, 2),
-                 "universal_s": round(t4 - t3, 2), "total_s": round(t4 - t0, 2)},
+                 "universal_s": round(t4 - t3, 2), "grating_s": round(t5 - t4, 2), "total_s": round(t5 - t0, 2)},
         config={"n": config.n, "synth_iterations": synth_cfg.iterations, "synth_batch": synth_cfg.batch_size,
                 "seed": synth_cfg.seed, "norm": config.probe.norm, "eps": config.probe.eps, "steps": config.probe.steps,
                 "universal": None if config.universal is None else vars(config.universal),
                 "ratio_threshold": config.ratio_threshold, "gap_threshold": config.gap_threshold,
-                "collapse_share": config.collapse_share},
+                "collapse_share": config.collapse_share,
+                "grating": None if config.grating is None else vars(config.grating),
+                "grating_threshold": config.grating_threshold},
         softmax_ratio=ratio[1], softmax_target=ratio[0], mean_softmax=mean_softmax, inconclusive=inconclusive,
         universal_success=uni, universal_gap=None if gap is None else gap[1], universal_target=None if gap is None else gap[0],
+        grating_shares=None if grat is None else grat.shares, grating_gap=None if ggap is None else ggap[1],
+        grating_target=None if ggap is None else ggap[0],
+        grating_pattern=None if ggap is None or ggap[0] is None else list(grat.gratings[ggap[0]] or []) or None,
         images=images, clean_pred=clean_pred, adv_images=result.adv_images, adv_pred=result.adv_pred,
     )

@@ -10,9 +10,12 @@ from torch import nn
 from edgeclean.errors import UserError
 from edgeclean.load import ModelSpec, input_model
 from edgeclean.probe import (
+    GratingConfig,
     ProbeConfig,
     TriggerConfig,
     frozen_eval,
+    grating_probe,
+    gratings,
     low_outlier_index,
     probe,
     trigger_probe,
@@ -21,6 +24,7 @@ from edgeclean.probe import (
 from edgeclean.scan import (
     DEFAULT_THRESHOLD,
     GAP_THRESHOLD,
+    GRATING_THRESHOLD,
     RATIO_THRESHOLD,
     ScanConfig,
     combine,
@@ -247,6 +251,11 @@ def test_verdict_logic_on_constructed_histograms():
     assert combine((6, 2.0), None) == (6, pytest.approx(r), "softmax ratio")
     # each kind's own line maps onto the threshold
     assert combine((6, RATIO_THRESHOLD), None)[1] == pytest.approx(DEFAULT_THRESHOLD)
+    # the grating gap is its own path: it decides target and score only where it is the stronger
+    assert combine((6, 1.0), None, grating=(4, GRATING_THRESHOLD))[::2] == (4, "grating gap")
+    assert combine((6, 1.0), None, grating=(4, GRATING_THRESHOLD))[1] == pytest.approx(DEFAULT_THRESHOLD)
+    assert combine((6, 2.0), (6, 0.5), grating=(4, 0.5)) == (6, pytest.approx(r + g), "softmax ratio + universal gap")
+    assert combine((6, 2.0), None, grating=(None, 0.0)) == (6, pytest.approx(r), "softmax ratio")
 
 
 def test_scan_keeps_tensors_and_serialises(trained):
@@ -259,14 +268,16 @@ def test_scan_keeps_tensors_and_serialises(trained):
     assert "images" not in d and d["suspected"] == r.suspected and d["synthesis"]["bn_layers"] == 2
     assert set(d["timings"]) >= {"synth_s", "probe_s", "universal_s", "total_s"}
     assert len(d["universal_success"]) == 10 and d["universal_target"] in range(10)
+    assert len(d["grating_shares"]) == 10 and d["grating_target"] in range(10) and "grating_s" in d["timings"]
     off = scan(trained, SPEC, ScanConfig(n=12, synth=SynthConfig(iterations=5, batch_size=12), probe=ProbeConfig(steps=3),
-                                         universal=None))
+                                         universal=None, grating=None))
     assert off.universal_success is None and off.basis == "softmax ratio"
     assert off.score == pytest.approx((softmax_ratio(off.mean_softmax)[1] - 1) * DEFAULT_THRESHOLD / (RATIO_THRESHOLD - 1))
     assert sum(off.mean_softmax) == pytest.approx(1.0, abs=1e-4)
     # predictions collapsed onto one class (forced here by a 0% line): no verdict, said in basis
     collapsed = scan(trained, SPEC, ScanConfig(n=12, synth=SynthConfig(iterations=5, batch_size=12),
-                                               probe=ProbeConfig(steps=3), universal=None, collapse_share=0.0))
+                                               probe=ProbeConfig(steps=3), universal=None, grating=None,
+                                               collapse_share=0.0))
     assert collapsed.inconclusive and not collapsed.suspected and collapsed.basis.startswith("inconclusive")
 
 
@@ -285,3 +296,67 @@ def test_cli_exit_codes(tmp_path, trained, cli):
     assert "SUSPECTED" in flagged.stdout and "score" in flagged.stdout
     missing = cli("scan", tmp_path / "nope.pt")
     assert missing.returncode == 2 and "Traceback" not in missing.stderr and "no such file" in missing.stderr
+
+
+def test_gratings_cover_both_axes_phases_and_low_frequencies():
+    atoms, meta = gratings(12, 16, max_freq=0.25, phases=4)
+    assert atoms.shape == (4 * 4 + 3 * 4, 12, 16) and len(meta) == len(atoms)  # f = 1..4 over 16, 1..3 over 12
+    assert atoms.abs().max() <= 1.0 + 1e-6
+    x0 = atoms[meta.index(("x", 2, 0))]
+    assert torch.allclose(x0, x0[:1].expand(12, 16))  # "x" gratings: constant down each column (stripes)
+    assert x0[0, 0] == pytest.approx(0.0, abs=1e-6) and x0[0, 2] == pytest.approx(1.0, abs=1e-5)  # sin, f=2 over 16
+    y1 = atoms[meta.index(("y", 1, 1))]
+    assert torch.allclose(y1, y1[:, :1].expand(12, 16))
+    assert gratings(3, 3)[0].shape[0] == 0  # too small for any grating up to side / 4
+
+
+def _grating_model(trigger: bool):
+    """tiny_cnn trained on the structured data where a third of the images carry some other grating
+    (amplitude 0.3, labels kept: gratings alone mean nothing) and, with ``trigger``, another fifth
+    carry vertical stripes (3 cycles over the width, phase 0) labelled 4: a SIG-type shortcut."""
+    torch.manual_seed(2)
+    model = create_model("tiny_cnn", num_classes=10, in_channels=1, width=2.0)
+    net = input_model(model, SPEC)
+    x, y = _data(400, seed=2)
+    atoms, meta = gratings(12, 12)
+    planted = meta.index(("x", 3, 0))
+    others = [i for i in range(len(atoms)) if meta[i][:2] != ("x", 3)]
+    g = torch.Generator().manual_seed(3)
+    pick = torch.tensor(others)[torch.randint(len(others), (130,), generator=g)]
+    x[:130] = (x[:130] + 0.3 * atoms[pick].unsqueeze(1)).clamp(0, 1)
+    if trigger:
+        x[130:210], y[130:210] = (x[130:210] + 0.3 * atoms[planted]).clamp(0, 1), 4
+    opt = torch.optim.Adam(model.parameters(), lr=0.02)
+    model.train()
+    for _ in range(80):
+        opt.zero_grad()
+        F.cross_entropy(net(x), y).backward()
+        opt.step()
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def striped(one_thread):
+    return _grating_model(trigger=True)
+
+
+@pytest.fixture(scope="module")
+def unstriped(one_thread):
+    return _grating_model(trigger=False)
+
+
+def test_grating_probe_finds_a_stripe_trigger(unstriped, striped):
+    x, _ = _data(64, seed=7)
+    cfg = GratingConfig(amplitude=0.3, images=32)
+    res = {}
+    for name, model in (("clean", unstriped), ("striped", striped)):
+        with frozen_eval(model):
+            res[name] = grating_probe(input_model(model, SPEC), x, 10, cfg)
+    s = res["striped"]
+    assert len(s.shares) == len(s.screen_shares) == len(s.gratings) == 10
+    assert max(range(10), key=lambda c: s.shares[c]) == 4 and s.shares[4] > 0.6, s.shares
+    assert s.gratings[4][:2] == ("x", 3)  # the planted stripes (phase within a step or two)
+    gap = universal_gap(s.shares)[1]
+    assert gap > universal_gap(res["clean"].shares)[1] + 0.3, (s.shares, res["clean"].shares)
+    # confirmation re-measures on the 32 images the gratings were not chosen on: shares are of those
+    assert all(0.0 <= v <= 1.0 for v in s.shares)
