@@ -493,13 +493,12 @@ def _quant_options(nodes, inits: dict, cfg: Int8Config) -> tuple[list[str], dict
         # weights of layers wider than the threshold
         overrides = {}
         for n in nodes:
-            if n.op_type == "Conv" and n.name not in exclude and len(n.input) > 1 and n.input[1] in inits:
-                if inits[n.input[1]].dims[0] > cfg.per_tensor_max_channels:
-                    overrides[n.input[1]] = [{"axis": 0}]
-            if n.op_type == "Gemm" and n.name not in exclude and len(n.input) > 1 and n.input[1] in inits:
-                trans_b = next((a.i for a in n.attribute if a.name == "transB"), 0)
-                if inits[n.input[1]].dims[0 if trans_b else 1] > cfg.per_tensor_max_channels:
-                    overrides[n.input[1]] = [{"axis": 0 if trans_b else 1}]
+            if n.op_type not in ("Conv", "Gemm") or n.name in exclude or len(n.input) < 2 or n.input[1] not in inits:
+                continue
+            # the output-channel axis: Conv weights are (out, in, k, k); Gemm's B is (in, out) unless transB
+            axis = 0 if n.op_type == "Conv" or next((a.i for a in n.attribute if a.name == "transB"), 0) else 1
+            if inits[n.input[1]].dims[axis] > cfg.per_tensor_max_channels:
+                overrides[n.input[1]] = [{"axis": axis}]
         extra["TensorQuantOverrides"] = overrides
     return exclude, extra
 
@@ -515,8 +514,13 @@ def quantize_int8(fp32_path: Path, out_path: Path, calib: np.ndarray, config: In
     points, one initializer per distinct activation zero point, short tensor names, no tool
     metadata); none of that changes a single output value.
     """
-    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
-                                          quantize_static)
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     cfg = config or Int8Config()
