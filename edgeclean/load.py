@@ -368,6 +368,11 @@ def load_suspect(
     path = Path(path)
     sd = read_state_dict(path)
     card_spec = read_card(path).get("spec", {})
+    # values given by the user win over the card's; the card's win over inference
+    if card_spec.get("input_shape") and input_shape is None:
+        input_shape = tuple(card_spec["input_shape"])
+    mean = mean if mean is not None else card_spec.get("mean")
+    std = std if std is not None else card_spec.get("std")
     if card_spec.get("factorized"):
         from .factorize import build_factorized  # cleaned models carry their ranks in the spec
 
@@ -386,10 +391,6 @@ def load_suspect(
         num_classes=_guess_classes_and_channels(sd).get("num_classes", 0),
         layout=layout if arch in REGISTRY else "user",
     )
-    if card_spec.get("input_shape") and input_shape is None:
-        input_shape = tuple(card_spec["input_shape"])
-    mean = mean if mean is not None else card_spec.get("mean")
-    std = std if std is not None else card_spec.get("std")
     return _finish(model, spec, input_shape, mean, std)
 
 

@@ -46,6 +46,8 @@ def test_clean_and_compact_meets_budget_and_round_trips(tmp_path):
     path = save_cleaned(cleaned, report, tmp_path / "clean.pt")
     assert json.loads(path.with_suffix(".json").read_text())["spec"]["factorized"] == report.spec["factorized"]
     loaded, spec2 = load_suspect(path)
+    # the card's input space comes back too (it was silently 32x32, mean 0 / std 1 for factorised models)
+    assert (spec2.input_shape, spec2.mean, spec2.std) == ((1, 16, 16), (0.5,), (0.5,))
     x = torch.rand(2, 1, 16, 16)
     torch.testing.assert_close(loaded(x), cleaned(x))
 
