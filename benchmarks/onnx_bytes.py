@@ -250,15 +250,17 @@ def main():
                 rows[prec].append((model_counts(model), real))
                 print(f"{label:32s} {prec:5s} {real:11,d} {est:11,d} {100 * (est - real) / real:6.1f}")
     if "--fit" in sys.argv:
-        # least squares for the per-item costs; the per-weight cost is fixed (4 / 1 bytes)
+        # least squares for the per-item costs; the per-weight costs are fixed (4 / 1 bytes; the float head 4)
         for prec, data in rows.items():
             keys = ["channel", "inner", "tensor", "fixed"]
             a = np.array([[c[k] for k in keys] for c, _ in data], dtype=float)
-            b = np.array([real - COST[prec]["weight"] * c["weight"] for c, real in data], dtype=float)
+            b = np.array([real - COST[prec]["weight"] * c["weight"] - COST[prec]["head_weight"] * c["head_weight"]
+                          for c, real in data], dtype=float)
             w = 1.0 / np.array([real for _, real in data], dtype=float)  # fit relative error
             sol, *_ = np.linalg.lstsq(a * w[:, None], b * w, rcond=None)
             print(prec, "fit:", {k: round(float(v), 1) for k, v in zip(keys, sol)})
-            fitted = a @ sol + COST[prec]["weight"] * np.array([c["weight"] for c, _ in data], dtype=float)
+            fitted = a @ sol + np.array([COST[prec]["weight"] * c["weight"] + COST[prec]["head_weight"] * c["head_weight"]
+                                         for c, _ in data], dtype=float)
             errs = [f"{100 * (e - real) / real:+.1f}%" for e, (_, real) in zip(fitted, data)]
             print(prec, "errors with the fitted constants:", " ".join(errs))
 
