@@ -98,7 +98,7 @@ def main():
         total = time.perf_counter() - t
         print(f"n={cfg.n} synth_iters={cfg.synth.iterations} pgd={cfg.probe.norm}/{cfg.probe.eps}/{cfg.probe.steps} steps: "
               f"scan {total:.1f}s (synth {r.timings['synth_s']:.1f}s, probe {r.timings['probe_s']:.1f}s, "
-              f"universal {r.timings.get('universal_s', 0):.1f}s), "
+              f"universal {r.timings.get('universal_s', 0):.1f}s, grating {r.timings.get('grating_s', 0):.1f}s), "
               f"BN loss {r.synthesis['bn_loss_start']:.3f} -> {r.synthesis['bn_loss_end']:.3f}, "
               f"load avg {load0:.1f} -> {os.getloadavg()[0]:.1f}  {'UNDER' if total < 120 else 'OVER'} 2 min")
 

@@ -74,12 +74,15 @@ def main():
         saved = json.loads(Path(args.from_json).read_text())
         rows = saved["rows"]
         cfg.n = saved.get("config", {}).get("n") or cfg.n
-        from edgeclean.scan import combine
+        from edgeclean.scan import combine, grating_gap
 
         for r in rows:  # re-judge the stored evidence with the current verdict rule (same pure function)
             if r.get("softmax_ratio") is not None and not r.get("inconclusive"):
                 gap = (r.get("universal_target"), r.get("universal_gap")) if r.get("universal_gap") is not None else None
-                grat = (r.get("grating_target"), r.get("grating_gap")) if r.get("grating_gap") is not None else None
+                grat = None
+                if r.get("grating_shares") is not None:  # recomputed: the gap's rule may have changed
+                    grat = grating_gap(r["grating_shares"], r.get("grating_median"))
+                    r["grating_target"], r["grating_gap"] = grat
                 r["predicted_target"], r["score"], r["basis"] = combine((r["softmax_target"], r["softmax_ratio"]), gap,
                                                                          cfg.threshold, grating=grat)
             r["suspected"] = r["score"] > cfg.threshold and not r.get("inconclusive")
@@ -105,7 +108,7 @@ def main():
                "universal_gap": r.universal_gap, "universal_target": r.universal_target,
                "universal_success": r.universal_success, "inconclusive": r.inconclusive,
                "grating_gap": r.grating_gap, "grating_target": r.grating_target, "grating_shares": r.grating_shares,
-               "grating_pattern": r.grating_pattern,
+               "grating_pattern": r.grating_pattern, "grating_median": r.grating_median,
                "timings": r.timings, "load": round(os.getloadavg()[0], 1),
                "trigger_mask_l1": r.trigger_mask_l1, "trigger_success": r.trigger_success, "clean_histogram": r.clean_histogram, "flip_histogram": r.flip_histogram}
         rows.append(row)

@@ -71,10 +71,16 @@ COLLAPSE_SHARE = 0.5
 # Universal-perturbation gap (top class's success minus the runner-up's) that counts as a shortcut;
 # the score maps it onto the concentration's scale (gap * DEFAULT_THRESHOLD / GAP_THRESHOLD).
 GAP_THRESHOLD = 0.25
-# Grating gap (the best class's grating share minus the runner-up's) that counts as a SIG-type
-# stripe trigger; on the suite SIG scored >= 0.40, clean and compressed clean models <= 0.23
-# (benchmarks/results/scan_sig_*.json).
-GRATING_THRESHOLD = 0.39
+# Grating gap (``grating_gap``: per class, its best grating's share minus GRATING_BASELINE times its
+# median share over all gratings; the top class's value minus the runner-up's) that counts as a
+# SIG-type stripe trigger. Suite, 3 seeds (results/scan_calibration_*seed*.json): SIG >= 0.455,
+# clean and compressed clean <= 0.253, other backdoors' off-target classes <= 0.317.
+GRATING_THRESHOLD = 0.36
+# Weight of a class's median grating share: a class that every grating reaches a little (a broken
+# network's sink: VGG-11 compressed to 1/8 without fine-tuning, CA 41%, median 0.25-0.29) is
+# discounted; a trigger's class is reached by its own grating only (median <= 0.08). 2 was chosen
+# on the suite (1: the sink stays at 0.43, over SIG's 0.44; 3: SIG falls to 0.41).
+GRATING_BASELINE = 2.0
 
 
 @dataclass
@@ -104,6 +110,7 @@ class ScanConfig:
     trigger: TriggerConfig | None = None  # TriggerConfig() adds the Neural-Cleanse evidence (slower)
     grating: GratingConfig | None = field(default_factory=GratingConfig)  # None: no grating probe
     grating_threshold: float = GRATING_THRESHOLD
+    grating_baseline: float = GRATING_BASELINE
     threshold: float = DEFAULT_THRESHOLD
     progress: bool = False
     threads: int | None = None  # torch threads during the scan (1 is faster on an oversubscribed CPU)
@@ -143,6 +150,7 @@ class ScanResult:
     grating_gap: float | None = None  # top share minus the runner-up's
     grating_target: int | None = None
     grating_pattern: list | None = None  # the top class's grating: [axis, cycles over the side, phase step]
+    grating_median: list[float] | None = None  # per class: median share over all gratings (screening)
     # Tensors reused by fine-tuning (omitted from to_dict):
     images: torch.Tensor | None = None
     clean_pred: torch.Tensor | None = None
@@ -172,6 +180,7 @@ class ScanResult:
             "grating_shares": None if self.grating_shares is None else [round(v, 4) for v in self.grating_shares],
             "grating_gap": None if self.grating_gap is None else round(self.grating_gap, 4),
             "grating_target": self.grating_target, "grating_pattern": self.grating_pattern,
+            "grating_median": None if self.grating_median is None else [round(v, 4) for v in self.grating_median],
         }
 
 
@@ -221,6 +230,15 @@ def universal_gap(success: list[float]) -> tuple[int | None, float]:
         return None, 0.0
     order = sorted(range(len(success)), key=lambda c: -success[c])
     return order[0], float(success[order[0]] - success[order[1]])
+
+
+def grating_gap(shares: list[float], median: list[float] | None, baseline: float = GRATING_BASELINE) -> tuple[int | None, float]:
+    """(top class, gap) of the grating probe: per class, the share of images its best grating
+    moves into it, minus ``baseline`` x the class's median share over all gratings (what any
+    stripe pattern does to this network), then the top class's value minus the runner-up's."""
+    if median is None:
+        return universal_gap(shares)
+    return universal_gap([s - baseline * m for s, m in zip(shares, median)])
 
 
 def softmax_ratio(mean_softmax: list[float]) -> tuple[int | None, float]:
@@ -311,7 +329,7 @@ def _scan(model: nn.Module, spec, config: ScanConfig, callback) -> ScanResult:
     # Without BatchNorm the images come from class-balanced inversion: their predictions are even
     # by construction, so only the flip evidence is left (uncalibrated; said in ``basis``).
     gap = universal_gap(uni) if uni is not None else None
-    ggap = universal_gap(grat.shares) if grat is not None else None  # same statistic: top minus runner-up
+    ggap = grating_gap(grat.shares, grat.median_shares, config.grating_baseline) if grat is not None else None
     ratio = softmax_ratio(mean_softmax)
     top_share = max(clean_counts) / max(sum(clean_counts), 1)
     inconclusive = False
@@ -352,11 +370,11 @@ def _scan(model: nn.Module, spec, config: ScanConfig, callback) -> ScanResult:
                 "ratio_threshold": config.ratio_threshold, "gap_threshold": config.gap_threshold,
                 "collapse_share": config.collapse_share,
                 "grating": None if config.grating is None else vars(config.grating),
-                "grating_threshold": config.grating_threshold},
+                "grating_threshold": config.grating_threshold, "grating_baseline": config.grating_baseline},
         softmax_ratio=ratio[1], softmax_target=ratio[0], mean_softmax=mean_softmax, inconclusive=inconclusive,
         universal_success=uni, universal_gap=None if gap is None else gap[1], universal_target=None if gap is None else gap[0],
         grating_shares=None if grat is None else grat.shares, grating_gap=None if ggap is None else ggap[1],
-        grating_target=None if ggap is None else ggap[0],
+        grating_target=None if ggap is None else ggap[0], grating_median=None if grat is None else grat.median_shares,
         grating_pattern=None if ggap is None or ggap[0] is None else list(grat.gratings[ggap[0]] or []) or None,
         images=images, clean_pred=clean_pred, adv_images=result.adv_images, adv_pred=result.adv_pred,
     )

@@ -24,6 +24,7 @@ from edgeclean.probe import (
 from edgeclean.scan import (
     DEFAULT_THRESHOLD,
     GAP_THRESHOLD,
+    GRATING_BASELINE,
     GRATING_THRESHOLD,
     RATIO_THRESHOLD,
     ScanConfig,
@@ -31,6 +32,7 @@ from edgeclean.scan import (
     concentration_index,
     flip_index,
     flip_shares,
+    grating_gap,
     prediction_spread,
     scan,
     softmax_ratio,
@@ -256,6 +258,11 @@ def test_verdict_logic_on_constructed_histograms():
     assert combine((6, 1.0), None, grating=(4, GRATING_THRESHOLD))[1] == pytest.approx(DEFAULT_THRESHOLD)
     assert combine((6, 2.0), (6, 0.5), grating=(4, 0.5)) == (6, pytest.approx(r + g), "softmax ratio + universal gap")
     assert combine((6, 2.0), None, grating=(None, 0.0)) == (6, pytest.approx(r), "softmax ratio")
+    # grating gap: a class that every grating reaches (a broken network's sink) is discounted by
+    # its median share; a trigger's class, reached by its own grating only, is not
+    shares, median = [0.1, 0.8, 0.2, 0.75], [0.0, 0.3, 0.0, 0.02]
+    assert grating_gap(shares, median) == (3, pytest.approx(0.75 - GRATING_BASELINE * 0.02 - (0.8 - GRATING_BASELINE * 0.3)))
+    assert grating_gap(shares, None) == (1, pytest.approx(0.05))
 
 
 def test_scan_keeps_tensors_and_serialises(trained):
