@@ -38,6 +38,7 @@ import torch.nn.functional as F
 
 from edgeclean.load import input_model, load_suspect
 from edgeclean.probe import GratingConfig, frozen_eval, grating_probe, universal_perturbation
+from edgeclean.scan import grating_gap
 from edgeclean.synth import SynthConfig, synthesize
 
 ROOT = Path(__file__).resolve().parent
@@ -140,6 +141,9 @@ def main():
                     g = grating_probe(net, images, k, GratingConfig(amplitude=eps))
                     s = [round(v, 4) for v in g.shares]
                     row.setdefault("grating_patterns", {})[run] = g.gratings
+                    row.setdefault("grating_median", {})[run] = [round(v, 4) for v in g.median_shares]
+                    row.setdefault("grating_gap", {})[run] = [grating_gap(g.shares, g.median_shares)[0],
+                                                              round(grating_gap(g.shares, g.median_shares)[1], 4)]
                 elif fam == "full_linf":
                     d, _ = universal_perturbation(net, fit, list(range(k)), eps, args.steps)
                     s = success_on(net, held, d)
