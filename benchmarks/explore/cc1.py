@@ -22,7 +22,8 @@ ap.add_argument("--lr", type=float, default=1e-3)
 ap.add_argument("--eps", type=float, default=0.15)
 ap.add_argument("--target", type=int, default=None)
 ap.add_argument("--bf16", action="store_true")
-ap.add_argument("--below", type=float, default=0.3)
+ap.add_argument("--below", type=float, default=0.15)
+ap.add_argument("--drop", action="store_true", help="FinetuneConfig.drop_target")
 ap.add_argument("--plans", default="channels+head/head", help="plans separated by /, stages by +")
 args = ap.parse_args()
 torch.set_num_threads(1)
@@ -40,7 +41,7 @@ if files:
     d = torch.load(files[-1], weights_only=True)
     sc.images = d["images"][: args.n]; sc.adv_images = d["adv"][: args.n]
 sc.target_class = target if args.target is None else args.target
-cfg = CCConfig(n_synthetic=args.n, do_scale=not args.noscale, finetune=FinetuneConfig(steps=args.steps, adv_weight=args.adv, lr=args.lr, bf16=args.bf16),
+cfg = CCConfig(n_synthetic=args.n, do_scale=not args.noscale, finetune=FinetuneConfig(steps=args.steps, adv_weight=args.adv, lr=args.lr, bf16=args.bf16, drop_target=args.drop),
                patch=None if args.nopatch else PatchConfig(kinds=tuple(args.kinds.split(",")), eps=args.eps, success_below=args.below, plans=tuple(tuple(p.split("+")) for p in args.plans.split("/"))))
 t0 = time.time()
 st, rep = clean_and_compact(model, spec, budget_bytes=int(estimate_bytes(model) / 8), config=cfg, scan_result=sc)
