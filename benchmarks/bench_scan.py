@@ -30,6 +30,14 @@ most (20 instead of 30: -27 s), but at 20 the suite lost a detection (vgg11_badn
 results/scan_calibration_it20_seed1.json), so the defaults stay at 30.
 Measured 2026-11-22 01:27 UTC on the idle machine (load 0.6 -> 1.6), defaults, 2 torch threads:
     (defaults)                         67.7 s (synth 50.7, probe 7.9, universal 9.1)      UNDER 2 min
+With the grating probe (SIG evidence; default since 2026-11-22 03:00), loaded by the others:
+    (2 threads), 48 screening images, load 3.2 -> 2.8   491.7 s (synth 381.0, probe 35.5, universal 26.1,
+                                       grating ~49)   OVER (2 threads on a loaded machine: synthesis alone 7.5x idle)
+    --threads 1, 48 screening images, load 3.3 -> 2.8   245.6 s (synth 113.6, probe 20.0, universal 21.1, grating 90.8)  OVER
+    --threads 1, 24 images + top-3 confirmation (defaults), load 1.9 -> 2.1
+                                       147.3 s (synth 86.4, probe 14.8, universal 17.3, grating 28.9)  OVER
+The grating probe is 20% of that last run (28.9 of 147.3 s); the idle 67.7 s scaled by the same
+factor is ~84 s, under 2 minutes, but the idle machine has not been measured with it.
 """
 
 from __future__ import annotations

@@ -37,7 +37,12 @@ import torch
 import torch.nn.functional as F
 
 from edgeclean.load import input_model, load_suspect
-from edgeclean.probe import GratingConfig, frozen_eval, grating_probe, universal_perturbation
+from edgeclean.probe import (
+    GratingConfig,
+    frozen_eval,
+    grating_probe,
+    universal_perturbation,
+)
 from edgeclean.scan import grating_gap
 from edgeclean.synth import SynthConfig, synthesize
 
@@ -53,8 +58,7 @@ def dct_matrix(n: int) -> torch.Tensor:
 
 
 def family_delta(family: str, theta, shape, eps: float) -> torch.Tensor:
-    t = theta[0].shape[0]
-    c, h, w = shape
+    _, h, w = shape
     if family.startswith("dct"):
         k = int(family[3:])
         dh, dw = dct_matrix(h)[:k], dct_matrix(w)[:k]  # k x H, k x W

@@ -222,6 +222,10 @@ def scan_cmd(model, arch, input_shape, mean, std, n, iterations, norm, eps, step
         if result.softmax_ratio is not None:
             gap = ("" if result.universal_gap is None else
                    f"; universal perturbation gap {result.universal_gap:.2f} (class {result.universal_target})")
+            if result.grating_gap is not None:
+                pat = result.grating_pattern
+                gap += (f"; grating gap {result.grating_gap:.2f} (class {result.grating_target}"
+                        + (f", {pat[1]} cycles along {pat[0]}" if pat else "") + ")")
             console.print(f"evidence: softmax ratio {result.softmax_ratio:.2f} (class {result.softmax_target}){gap}")
         s = result.synthesis
         console.print(f"synthetic data: {cfg.n} images ({s['method']}), BN loss {s['bn_loss_start']:.3f} -> "

