@@ -36,8 +36,11 @@ With the grating probe (SIG evidence; default since 2026-11-22 03:00), loaded by
     --threads 1, 48 screening images, load 3.3 -> 2.8   245.6 s (synth 113.6, probe 20.0, universal 21.1, grating 90.8)  OVER
     --threads 1, 24 images + top-3 confirmation (defaults), load 1.9 -> 2.1
                                        147.3 s (synth 86.4, probe 14.8, universal 17.3, grating 28.9)  OVER
-The grating probe is 20% of that last run (28.9 of 147.3 s); the idle 67.7 s scaled by the same
-factor is ~84 s, under 2 minutes, but the idle machine has not been measured with it.
+    (defaults, 2 threads), load 2.5 -> 3.2
+                                       384.1 s (synth 312.3, probe 34.6, universal 19.5, grating 17.6)  OVER
+The grating probe took 17.6 s with 2 threads even on that loaded machine (28.9 s on 1 thread);
+the idle 67.7 s plus at most that is ~85 s, under 2 minutes, but the idle machine has not been
+measured with it (the load never fell below 1.6 in this session).
 """
 
 from __future__ import annotations
