@@ -37,8 +37,9 @@ ratio, clean-label SIG 3.16-4.01 via the grating gap (grating gaps 0.455-0.577; 
 is the trigger's own, 6 cycles across the width at phase 0, or one phase step off); clean models
 0.29-0.57. The grating evidence is tuned on these 2 SIG models (amplitude, band, the x2 median
 discount, the threshold): a stripe trigger at another frequency, a non-integer number of cycles
-or a 2-D pattern may be missed (VGG's SIG response fell from 41/64 to 8-10/64 images one cycle
-off), and the amplitude assumes a trigger of about 0.3 (the suite's is 80/255).
+or a 2-D pattern may be missed (the VGG SIG model sends 50/64 synthetic images to its target
+with its own stripes, 9-12/64 one cycle off, 28/64 one radian off: benchmarks/scan_sig_response.py,
+results/scan_sig_response.json), and the amplitude assumes a trigger of about 0.3 (the suite's is 80/255).
 Compressed models (C&C to 1/8, results/scan_calibration_compressed_*, now loaded with their
 card's input shape and normalisation): clean ResNet-18 0.69-1.76, not suspected; clean VGG-11
 without fine-tuning (CA 41%) 0.91-1.38; clean VGG-11 with fine-tuning (CA 55%) 1.95-3.82,
