@@ -41,6 +41,8 @@ With the grating probe (SIG evidence; default since 2026-11-22 03:00), loaded by
 The grating probe took 17.6 s with 2 threads even on that loaded machine (28.9 s on 1 thread);
 the idle 67.7 s plus at most that is ~85 s, under 2 minutes, but the idle machine has not been
 measured with it (the load never fell below 1.6 in this session).
+Measured 2026-11-22 03:32 UTC on the idle machine (load 0.7 -> 1.7), defaults with the grating probe, 2 threads:
+    (defaults)                         90.2 s (synth 52.3, probe 8.1, universal 9.4, grating 20.4)  UNDER 2 min
 """
 
 from __future__ import annotations
