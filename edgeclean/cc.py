@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from .factorize import conv_layers, factorizable, factorize_conv, reconstruct, scale, tucker2
-from .finetune import FinetuneConfig, finetune, native_bf16
+from .finetune import FinetuneConfig, finetune, use_bf16
 from .ranks import (
     LayerSpectrum, RankConfig, allocate_ranks, check_precision, conv_bytes, energy_ranks, estimate_bytes,
 )
@@ -108,8 +108,7 @@ def synthetic_data(model: nn.Module, spec, n: int, config: CCConfig, scan_result
         synth_cfg = SynthConfig(seed=config.seed + 1, progress=config.progress)
         if config.synth_iterations:
             synth_cfg = replace(synth_cfg, iterations=config.synth_iterations)
-        use_bf16 = native_bf16() if config.synth_bf16 is None else config.synth_bf16
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16(config.synth_bf16)):
             new = synthesize(model, spec, n - have, synth_cfg)
         images.append(new)
         if config.finetune.adv_weight > 0:

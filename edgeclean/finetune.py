@@ -145,14 +145,14 @@ def finetune(student: nn.Module, teacher: nn.Module, images: torch.Tensor, adv_i
             pred = torch.cat([teacher(images[i:i + 256]).argmax(1) for i in range(0, len(images), 256)])
         keep = (pred != target_class).nonzero().flatten()
         pool = keep if len(keep) else pool
-    use_bf16 = native_bf16() if config.bf16 is None else config.bf16
+    bf16 = use_bf16(config.bf16)
     history, start = [], time.perf_counter()
     bar = _bar(config.progress, config.steps)
     try:
         for step in range(config.steps):
             idx = pool[torch.randint(0, len(pool), (config.batch_size,), generator=gen)]
             x = augment(images[idx], config, gen)
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16):
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
                 with torch.no_grad():
                     t_logits = _suppress(teacher(x), target_class, config.suppress_target).float()
                 s_logits = student(x).float()
@@ -181,7 +181,7 @@ def finetune(student: nn.Module, teacher: nn.Module, images: torch.Tensor, adv_i
         if bar is not None:
             bar[0].stop()
         student.eval()
-    return {"steps": config.steps, "seconds": round(time.perf_counter() - start, 2), "bf16": use_bf16, "history": history}
+    return {"steps": config.steps, "seconds": round(time.perf_counter() - start, 2), "bf16": bf16, "history": history}
 
 
 def native_bf16() -> bool:
@@ -190,6 +190,11 @@ def native_bf16() -> bool:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):
         return False
+
+
+def use_bf16(setting: bool | None) -> bool:
+    """A config's bf16 switch: True / False as given, None = where the CPU runs bf16 natively."""
+    return native_bf16() if setting is None else setting
 
 
 def _bar(enabled: bool, total: int):

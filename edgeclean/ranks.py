@@ -101,6 +101,8 @@ def model_counts(model) -> dict:
         for k, v in d.items():
             total[k] += v
 
+    # the classifier head (last Linear) stays float in the int8 artifact (export.Int8Config.keep_fp32)
+    head = next((m for m in reversed(list(model.modules())) if isinstance(m, nn.Linear)), None)
     inside: set[str] = set()
     for name, m in model.named_modules():
         if isinstance(m, FactorizedConv):
@@ -110,11 +112,8 @@ def model_counts(model) -> dict:
         elif isinstance(m, nn.Conv2d) and name not in inside:
             add(conv_counts(m.in_channels // m.groups, m.out_channels, m.kernel_size))
         elif isinstance(m, nn.Linear):
-            add({"weight": m.weight.numel(), "channel": m.out_features, "tensor": 1})
-    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
-    if linears:  # the classifier head stays float in the int8 artifact (export.Int8Config.keep_fp32)
-        total["weight"] -= linears[-1].weight.numel()
-        total["head_weight"] = linears[-1].weight.numel()
+            kind = "head_weight" if m is head else "weight"
+            add({kind: m.weight.numel(), "channel": m.out_features, "tensor": 1})
     return total
 
 

@@ -113,16 +113,16 @@ def reverse_trigger(net: nn.Module, images: torch.Tensor, target: int, kind: str
 
     ``net`` takes raw inputs; it is used in eval mode and left unchanged.
     """
-    from .finetune import native_bf16
+    from .finetune import use_bf16
 
     was_training, was = net.training, _frozen(net)
     net.eval()
     _, c, h, w = images.shape
     labels = torch.full((len(images),), target, dtype=torch.long)
-    use_bf16 = native_bf16() if config.bf16 is None else config.bf16
+    bf16 = use_bf16(config.bf16)
 
     def loss_of(x: torch.Tensor) -> torch.Tensor:
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             return F.cross_entropy(net(x).float(), labels)
 
     try:
@@ -188,10 +188,13 @@ def excited_units(net: nn.Module, head: nn.Linear, images: torch.Tensor, trigger
     return torch.stack(rises).max(0).values
 
 
-def bn_layers(model: nn.Module) -> list[tuple[str, nn.BatchNorm2d]]:
-    """(name, module) of every affine BatchNorm2d with running statistics, in forward-definition order."""
-    return [(n, m) for n, m in model.named_modules()
-            if isinstance(m, nn.BatchNorm2d) and m.affine and m.running_var is not None]
+def named_bn2d(model: nn.Module) -> list[tuple[str, nn.BatchNorm2d]]:
+    """(name, module) of the BN layers with running statistics (``synth.bn_layers``) that are affine
+    BatchNorm2d (a per-channel gamma and beta to zero), in definition order."""
+    from .synth import bn_layers
+
+    names = {m: n for n, m in model.named_modules()}
+    return [(names[m], m) for m in bn_layers(model) if isinstance(m, nn.BatchNorm2d) and m.affine]
 
 
 @torch.no_grad()
@@ -252,7 +255,7 @@ def patch_head(net: nn.Module, model: nn.Module, images: torch.Tensor, target: i
     so pruning is judged on images the triggers never saw.
     """
     found = classifier_head(model)
-    bns = bn_layers(model) if any("channels" in p for p in config.plans) else []
+    bns = named_bn2d(model) if any("channels" in p for p in config.plans) else []
     if found is None and not bns:
         return None
     name, head = found if found is not None else ("", None)
@@ -305,7 +308,7 @@ def patch_head(net: nn.Module, model: nn.Module, images: torch.Tensor, target: i
     restore()
     _, cand, result.channels, result.units, after = best
     prune_channels(model, result.channels)
-    prune_head_units_of(head, result.units)
+    prune_head_units(model, result.units)
     result.plan, result.success_after = cand["plan"], round(after, 4)
     return result
 
@@ -363,10 +366,5 @@ def apply_patch(model: nn.Module, result: PatchResult) -> None:
 def prune_head_units(model: nn.Module, units: list[int]) -> None:
     """Zero the given input columns of ``model``'s classifier head (the student gets the teacher's patch)."""
     found = classifier_head(model)
-    prune_head_units_of(found[1] if found is not None else None, units)
-
-
-@torch.no_grad()
-def prune_head_units_of(head: nn.Linear | None, units: list[int]) -> None:
-    if head is not None and units:
-        head.weight[:, units] = 0
+    if found is not None and units:
+        found[1].weight[:, units] = 0
