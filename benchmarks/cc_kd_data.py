@@ -17,7 +17,6 @@ import argparse
 import os
 import sys
 import time
-from pathlib import Path
 
 import torch
 
@@ -25,11 +24,11 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from edgeclean.cc import CCConfig, clean_and_compact  # noqa: E402
 from edgeclean.data import load_fashion_mnist  # noqa: E402
 from edgeclean.finetune import FinetuneConfig, augment, kd_loss  # noqa: E402
-from edgeclean.load import input_model, load_suspect, read_card  # noqa: E402
-from edgeclean.metrics import evaluate  # noqa: E402
+from edgeclean.load import input_model  # noqa: E402
 from edgeclean.ranks import estimate_bytes  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from case import Case  # noqa: E402
 from cc_variants import data_for  # noqa: E402
 
 
@@ -44,15 +43,11 @@ def main():
     args = ap.parse_args()
     torch.set_num_threads(1)
     torch.manual_seed(0)
-    path = Path(args.suspect)
-    card = read_card(path)
-    model, spec = load_suspect(path)
-    attack, target, params = card.get("attack"), card.get("target"), card.get("attack_params")
-    test = load_fashion_mnist("test").subset(range(1000))
+    case = Case(args.suspect)
+    path, model, spec = case.path, case.model, case.spec
 
     def ev(m):
-        r = evaluate(input_model(m, spec).eval(), test, attack, target, params)
-        return f"CA {100 * r['ca']:.1f}  ASR {100 * r.get('asr', float('nan')):.1f}"
+        return "CA {:.1f}  ASR {:.1f}".format(*case.ev(m))
 
     print("suspect", ev(model), flush=True)
     student, _ = clean_and_compact(model, spec, budget_bytes=int(estimate_bytes(model) / 8),

@@ -1,14 +1,10 @@
-import sys, time, argparse, json, glob
+import sys, time, argparse, glob, os
 import torch
-sys.path.insert(0, __import__("os").path.dirname(__import__("os").path.dirname(__import__("os").path.dirname(__import__("os").path.abspath(__file__)))))
-from pathlib import Path
-from dataclasses import replace
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from case import Case
 from edgeclean.cc import CCConfig, clean_and_compact
 from edgeclean.finetune import FinetuneConfig
 from edgeclean.unlearn import PatchConfig
-from edgeclean.data import load_fashion_mnist
-from edgeclean.load import input_model, load_suspect, read_card
-from edgeclean.metrics import evaluate
 from edgeclean.ranks import estimate_bytes
 ap = argparse.ArgumentParser()
 ap.add_argument("--suspect", default="models/demo_badnets_resnet18.pt")
@@ -27,13 +23,8 @@ ap.add_argument("--drop", action="store_true", help="FinetuneConfig.drop_target"
 ap.add_argument("--plans", default="channels+head/head", help="plans separated by /, stages by +")
 args = ap.parse_args()
 torch.set_num_threads(1)
-path = Path(args.suspect); card = read_card(path)
-model, spec = load_suspect(path)
-attack, target, params = card.get("attack"), card.get("target"), card.get("attack_params")
-test = load_fashion_mnist("test").subset(range(1000))
-def ev(m):
-    r = evaluate(input_model(m, spec).eval(), test, attack, target, params)
-    return round(r["ca"] * 100, 1), round(r.get("asr", float("nan")) * 100, 1)
+case = Case(args.suspect)
+path, model, spec, target, ev = case.path, case.model, case.spec, case.target, case.ev
 files = sorted(glob.glob(f".cache/cc_synth/{path.stem}_*_None_None_0.pt"))
 class S: pass
 sc = S(); sc.suspected = True; sc.images = sc.adv_images = None

@@ -1,12 +1,10 @@
 """Exploration 2: synthetic KD + reverse-engineered universal trigger unlearning."""
 import sys, time, argparse
 import torch, torch.nn.functional as F
-sys.path.insert(0, __import__("os").path.dirname(__import__("os").path.dirname(__import__("os").path.dirname(__import__("os").path.abspath(__file__)))))
-from pathlib import Path
+sys.path.insert(0, __import__("os").path.dirname(__import__("os").path.dirname(__import__("os").path.abspath(__file__))))
+from case import Case
 from edgeclean.cc import CCConfig, clean_and_compact
-from edgeclean.data import load_fashion_mnist
-from edgeclean.load import input_model, load_suspect, read_card
-from edgeclean.metrics import evaluate
+from edgeclean.load import input_model
 from edgeclean.ranks import estimate_bytes
 from edgeclean.finetune import augment, FinetuneConfig, kd_loss
 
@@ -29,14 +27,8 @@ ap.add_argument("--eval-every", type=int, default=200)
 args = ap.parse_args()
 torch.set_num_threads(1)
 torch.manual_seed(0)
-path = Path(args.suspect)
-card = read_card(path)
-model, spec = load_suspect(path)
-attack, target, params = card.get("attack"), card.get("target"), card.get("attack_params")
-test = load_fashion_mnist("test").subset(range(1000))
-def ev(m):
-    r = evaluate(input_model(m, spec).eval(), test, attack, target, params)
-    return round(r["ca"] * 100, 1), round(r.get("asr", float("nan")) * 100, 1)
+case = Case(args.suspect)
+path, model, spec, target, ev, test = case.path, case.model, case.spec, case.target, case.ev, case.test
 print("suspect", ev(model), flush=True)
 budget = int(estimate_bytes(model) / args.ratio)
 student, rep = clean_and_compact(model, spec, budget_bytes=budget, config=CCConfig(do_finetune=False, do_scale=False))

@@ -8,13 +8,11 @@ images, pulled towards the patched weights (ridge). CA / ASR on the first 1,000 
     OMP_NUM_THREADS=1 python benchmarks/explore/refit.py benchmarks/suspects/vgg11_badnets.pt ...
 """
 import argparse, copy, json, os, sys, time
-from pathlib import Path
 import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-from edgeclean.data import load_fashion_mnist
-from edgeclean.load import input_model, load_suspect, read_card
-from edgeclean.metrics import evaluate
-from edgeclean.synth import SynthConfig, synthesize
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from case import Case
+from edgeclean.load import input_model
 from edgeclean.unlearn import PatchConfig, classifier_head, head_inputs, patch_head, reverse_trigger
 
 ap = argparse.ArgumentParser()
@@ -23,21 +21,12 @@ ap.add_argument("--lam", type=float, nargs="+", default=[0.1, 1.0, 10.0])
 ap.add_argument("--out", default="benchmarks/results/explore_refit.json")
 args = ap.parse_args()
 torch.set_num_threads(1)
-test = load_fashion_mnist("test").subset(range(1000))
 rows = json.load(open(args.out)) if os.path.exists(args.out) else {}
 
 for s in args.suspects:
-    path = Path(s); card = read_card(path)
-    model, spec = load_suspect(path); model.eval()
-    attack, target, params = card.get("attack"), card.get("target"), card.get("attack_params")
-    def ev(m):
-        r = evaluate(input_model(m, spec).eval(), test, attack, target, params)
-        return round(r["ca"] * 100, 1), round(r.get("asr", float("nan")) * 100, 1)
-    cache = Path(f".cache/refit/{path.stem}.pt")
-    if cache.exists():
-        images = torch.load(cache, weights_only=True)
-    else:
-        images = synthesize(model, spec, 512, SynthConfig(seed=1)); torch.save(images, cache)
+    case = Case(s)
+    model, spec, target, ev, path = case.model.eval(), case.spec, case.target, case.ev, case.path
+    images = case.images()
     row = {"before": ev(model)}
     t0 = time.time()
     patched = copy.deepcopy(model).eval(); net = input_model(patched, spec)

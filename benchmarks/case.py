@@ -1,0 +1,50 @@
+"""What the C&C benchmark and exploration scripts share: a suspect with its card, CA / ASR on the
+first test images, and its synthetic images cached on disk."""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from edgeclean.data import load_fashion_mnist  # noqa: E402
+from edgeclean.load import input_model, load_suspect, read_card  # noqa: E402
+from edgeclean.metrics import evaluate  # noqa: E402
+
+
+@functools.lru_cache(maxsize=None)
+def _test_subset(n: int):
+    return load_fashion_mnist("test").subset(range(n))  # read once per script, however many suspects
+
+
+class Case:
+    """A suspect (``load_suspect``) with its card's attack and target, evaluated on ``n_test`` test images."""
+
+    def __init__(self, path: str | Path, n_test: int = 1000):
+        self.path = Path(path)
+        self.card = read_card(self.path)
+        self.model, self.spec = load_suspect(self.path)
+        self.attack, self.target = self.card.get("attack"), self.card.get("target")
+        self.params = self.card.get("attack_params")
+        self.test = _test_subset(n_test)
+
+    def ev(self, model) -> tuple[float, float]:
+        """(CA, ASR) of ``model`` in %, one decimal (ASR nan for a clean suspect)."""
+        r = evaluate(input_model(model, self.spec).eval(), self.test, self.attack, self.target, self.params)
+        return round(r["ca"] * 100, 1), round(r.get("asr", float("nan")) * 100, 1)
+
+    def images(self, n: int = 512, cache: str = ".cache/refit") -> torch.Tensor:
+        """``n`` synthetic images of the suspect (``synth`` defaults, seed 1), made once and cached."""
+        from edgeclean.synth import SynthConfig, synthesize
+
+        path = Path(cache) / f"{self.path.stem}.pt"
+        if path.exists():
+            return torch.load(path, weights_only=True)[:n]
+        images = synthesize(self.model, self.spec, n, SynthConfig(seed=1))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(images, path)
+        return images
