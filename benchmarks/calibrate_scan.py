@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from edgeclean.load import load_suspect
+from case import carded
 from edgeclean.scan import DEFAULT_THRESHOLD, ScanConfig, scan
 
 ROOT = Path(__file__).resolve().parent
@@ -87,12 +87,7 @@ def main():
                                                                          cfg.threshold, grating=grat)
             r["suspected"] = r["score"] > cfg.threshold and not r.get("inconclusive")
         paths = []
-    for path in paths:
-        card_path = path.with_suffix(".json")
-        if not card_path.exists():
-            continue
-        card = json.loads(card_path.read_text())
-        model, spec = load_suspect(path)
+    for path, card, model, spec in carded(paths):
         t = time.perf_counter()
         r = scan(model, spec, cfg)
         attack = card.get("attack", "none")

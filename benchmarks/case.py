@@ -48,3 +48,12 @@ class Case:
         path.parent.mkdir(parents=True, exist_ok=True)
         torch.save(images, path)
         return images
+
+
+def carded(paths):
+    """(path, card, model, spec) for each checkpoint in ``paths`` that has a card beside it (the suite's
+    suspects; anything without a card is skipped)."""
+    for path in map(Path, paths):
+        card = read_card(path)
+        if card:
+            yield (path, card, *load_suspect(path))

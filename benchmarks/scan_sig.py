@@ -36,7 +36,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from edgeclean.load import input_model, load_suspect
+from case import carded
+from edgeclean.load import input_model
 from edgeclean.probe import (
     GratingConfig,
     frozen_eval,
@@ -123,12 +124,7 @@ def main():
     torch.set_num_threads(1)
     paths = [Path(p) for p in args.paths] or sorted((ROOT / "suspects").glob("*.pt"))
     rows = []
-    for path in paths:
-        card_path = path.with_suffix(".json")
-        if not card_path.exists():
-            continue
-        card = json.loads(card_path.read_text())
-        model, spec = load_suspect(path)
+    for path, card, model, spec in carded(paths):
         t0 = time.perf_counter()
         images = synthesize(model, spec, args.n, SynthConfig(iterations=args.iterations, seed=args.seed))
         net = input_model(model, spec)
