@@ -116,12 +116,14 @@ def check(path: str, args) -> dict:
             model, spec = load_cleaned(cache)
             row["cc"] = {**card_of(str(cache.with_suffix(".safetensors")))["cc"], "cached": str(cache)}
         elif not args.no_cc:
-            budget = orig["fp32_bytes"] // args.fraction
+            budget = int(orig["fp32_bytes"] // args.fraction)
             t = time.perf_counter()
-            model, rep = clean_and_compact(model, spec, budget_bytes=budget, precision="fp32",
+            # --cc-precision int8: ranks chosen for an int8 artifact of that size, as
+            # `edgeclean run --precision int8 --budget B` ships it (a bigger model than fp32 ranks)
+            model, rep = clean_and_compact(model, spec, budget_bytes=budget, precision=args.cc_precision,
                                            config=CCConfig(do_finetune=args.finetune))
             spec = ModelSpec.from_dict(rep.spec)
-            row["cc"] = {"budget_bytes": int(budget), "finetune": args.finetune,
+            row["cc"] = {"budget_bytes": int(budget), "precision": args.cc_precision, "finetune": args.finetune,
                          "estimated_bytes_after": rep.estimated_bytes_after,
                          "factorized_layers": len(rep.spec.get("factorized") or {}),
                          "seconds": round(time.perf_counter() - t, 1)}
@@ -171,7 +173,8 @@ def markdown(rows: list[dict], args, env: dict) -> str:
     lines = [
         "# Export of the suite suspects after Clean & Compact",
         "",
-        f"C&C to fp32 size / {args.fraction} (fp32 ranks), fine-tuning {'on' if args.finetune else 'off'}"
+        f"C&C to original fp32 size / {args.fraction:g} ({getattr(args, 'cc_precision', 'fp32')} ranks: the budget is for an "
+        f"{getattr(args, 'cc_precision', 'fp32')} artifact), fine-tuning {'on' if args.finetune else 'off'}"
         + (" (no C&C: suspects as they are)" if args.no_cc else "") + f"; int8 calibrated on {args.calib} synthetic "
         f"images, agreement on {args.eval_synthetic} held-out synthetic images (synth seed 1) and on "
         f"{args.real_limit} real test images (information only). Targets: parity <= 1e-4, synthetic agreement "
@@ -215,7 +218,9 @@ def main() -> int:
     ap.add_argument("models", nargs="*")
     ap.add_argument("--finetune", action="store_true", help="C&C with synthetic fine-tuning (slow)")
     ap.add_argument("--no-cc", action="store_true", help="export the suspects as they are")
-    ap.add_argument("--fraction", type=int, default=8, help="C&C budget = original fp32 ONNX size / this")
+    ap.add_argument("--fraction", type=float, default=8, help="C&C budget = original fp32 ONNX size / this")
+    ap.add_argument("--cc-precision", choices=("fp32", "int8"), default="fp32",
+                    help="the artifact precision C&C chooses ranks for (int8: ranks for an int8 file of the budget)")
     ap.add_argument("--calib", type=int, default=64)
     ap.add_argument("--eval-synthetic", type=int, default=256)
     ap.add_argument("--real-limit", type=int, default=1000)

@@ -75,7 +75,26 @@ SETTINGS: dict[str, Int8Config] = {
                                                         keep_fp32=("classifier",), share_zero_points=True),
     "entropy + fp32 classifier": replace(BASE, calibrate_method="entropy", keep_fp32=("classifier",),
                                          share_zero_points=True),
+    # cross-layer equalisation (session 4): inside the factorised blocks, and also across ReLUs
+    "default + CLE linear": Int8Config(equalize="linear"),
+    "default + CLE relu": Int8Config(equalize="relu"),
+    "CLE linear, classifier int8": Int8Config(equalize="linear", keep_fp32=()),
+    "CLE relu, classifier int8": Int8Config(equalize="relu", keep_fp32=()),
+    "CLE linear + per-tensor all": Int8Config(equalize="linear", per_tensor_max_channels=10**9),
+    "CLE relu + per-tensor all": Int8Config(equalize="relu", per_tensor_max_channels=10**9),
+    "CLE relu + per-tensor <= 32 ch": Int8Config(equalize="relu", per_tensor_max_channels=32),
+    "default + per-tensor all": Int8Config(per_tensor_max_channels=10**9),
+    **{f"CLE act {kind} a{alpha}": Int8Config(equalize=kind, equalize_on="activations", equalize_alpha=alpha)
+       for kind in ("linear", "relu") for alpha in (0.25, 0.5, 0.75, 1.0)},
 }
+
+
+def wilson(k: int, n: int, z: float = 1.96) -> list[float]:
+    """95% Wilson score interval of a binomial proportion k / n (sound near 100%, unlike p +- 2 SE)."""
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return [float(centre - half), float(min(1.0, centre + half))]
 
 
 def calib_images(cache: Path, stem: str, n: int, model, spec) -> np.ndarray:
@@ -158,12 +177,17 @@ def main() -> int:
                 row["agreement_synthetic"] = float(np.mean(run_onnx(q8, held).argmax(1) == ref_held))
                 if held2 is not None:
                     row["agreement_synthetic_seed2"] = float(np.mean(run_onnx(q8, held2).argmax(1) == ref_held2))
+                    # both held-out sets together, with a 95% binomial (Wilson) interval
+                    n = len(held) + len(held2)
+                    k = round(row["agreement_synthetic"] * len(held) + row["agreement_synthetic_seed2"] * len(held2))
+                    row["agreement_synthetic_all"] = {"n": n, "agree": k, "rate": k / n, "ci95": wilson(k, n)}
                 if real is not None:
                     row["agreement_real"] = float(np.mean(run_onnx(q8, real).argmax(1) == ref_real))
                 if args.breakdown:
                     row["breakdown"] = int8_breakdown(str(q8), str(f32))
                 rows.append(row)
                 print(f"{stem:18s} {name:38s} synth {row['agreement_synthetic']:.2%} "
+                      f"seed-2 {row.get('agreement_synthetic_seed2', float('nan')):.2%} "
                       f"real {row.get('agreement_real', float('nan')):.2%} ratio {row['int8_size_ratio']:.4f}", flush=True)
     summary = {}
     for name in names:
@@ -178,6 +202,12 @@ def main() -> int:
                            if "agreement_synthetic_seed2" in rs[0] else None),
             "seed2_ge_99": (sum(r["agreement_synthetic_seed2"] >= 0.99 for r in rs)
                             if "agreement_synthetic_seed2" in rs[0] else None),
+            "all_ge_99": (sum(r["agreement_synthetic_all"]["rate"] >= 0.99 for r in rs)
+                          if "agreement_synthetic_all" in rs[0] else None),
+            "all_min": (min(r["agreement_synthetic_all"]["rate"] for r in rs)
+                        if "agreement_synthetic_all" in rs[0] else None),
+            "all_mean": (float(np.mean([r["agreement_synthetic_all"]["rate"] for r in rs]))
+                         if "agreement_synthetic_all" in rs[0] else None),
             "ratio_min": min(r["int8_size_ratio"] for r in rs),
             "ratio_max": max(r["int8_size_ratio"] for r in rs),
         }
@@ -185,6 +215,7 @@ def main() -> int:
         print(f"{name:38s} >=99%: {s['synthetic_ge_99']}/{s['models']}  min {s['synthetic_min']:.2%}  "
               f"mean {s['synthetic_mean']:.2%}  real mean {s['real_mean'] or float('nan'):.2%}  "
               f"seed-2 mean {s['seed2_mean'] or float('nan'):.2%} (>=99%: {s['seed2_ge_99']})  "
+              f"768: >=99% {s['all_ge_99']}, min {s['all_min'] or float('nan'):.2%}, mean {s['all_mean'] or float('nan'):.2%}  "
               f"ratio {s['ratio_min']:.3f}-{s['ratio_max']:.3f}")
     if args.out:
         env = {"load_start": load_start, "load_end": " ".join(f"{v:.2f}" for v in os.getloadavg())}

@@ -86,6 +86,15 @@ class Int8Config:
     # int32 biases with their own per-channel scale in the file (onnxruntime's default); False keeps
     # them float (4 bytes a channel instead of 4 + 4 + 4): onnxruntime quantises them when it fuses
     quantize_bias: bool = False
+    # cross-layer equalisation of the weight ranges before quantising (data-free, the fp32 function is
+    # unchanged): "off"; "linear": conv -> conv with nothing between (the factorised 1x1 -> kxk -> 1x1
+    # blocks); "relu": also conv -> ReLU -> conv (ReLU is positively homogeneous)
+    equalize: str = "off"
+    # what A's side of a pair is measured by: "weights" (data-free, Nagel) or "activations" (the
+    # per-channel range of the tensor between A and B on the calibration images); the exponent
+    # alpha weighs it against B's column ranges (``equalization_scales``)
+    equalize_on: str = "weights"
+    equalize_alpha: float = 0.5
 
 
 @dataclass
@@ -393,12 +402,14 @@ def _drop_zero_points(model_proto) -> int:
 
 
 def _qdq_node_names(model_proto) -> None:
-    """Name Q/DQ nodes after what they quantise: 'layer1.0.conv1.weight/DQ' for a weight,
-    'layer1.0.conv1/Conv/Q' and '.../DQ' for the output of that node, 'input/Q' for the input.
-    (The quantiser names them after tensor names, which later become t0, t1, ...)."""
+    """Name Q/DQ nodes after what they quantise, briefly (every byte of a name counts in a small int8
+    file): 'layer1.0.conv1/wDQ' for the module's weight, 'layer1.0.conv1/Q' and '.../DQ' for the
+    output of that Conv, 'layer1.0/Add/Q' for another node's output (the op says which), 'input/Div/Q'
+    for the normalised input. (The quantiser names them after tensor names, which later become t0, ...)"""
     g = model_proto.graph
     qdq = ("QuantizeLinear", "DequantizeLinear")
     producer = {o: n for n in g.node for o in n.output}
+    inits = {t.name for t in g.initializer}
     used = {n.name for n in g.node if n.op_type not in qdq}
 
     def anchor(tensor: str) -> str:
@@ -407,19 +418,45 @@ def _qdq_node_names(model_proto) -> None:
             if node is None:
                 return tensor  # an initializer or the graph input
             if node.op_type not in qdq:
-                return node.name
+                # a Conv is named by its module alone ('layer1.0.conv1/Conv' -> 'layer1.0.conv1')
+                return node.name.removesuffix("/Conv") if node.op_type == "Conv" else node.name
             tensor = node.input[0]
         return tensor
 
     for node in g.node:
-        if node.op_type in qdq:
-            node.name = _unique(f"{anchor(node.input[0])}/{'Q' if node.op_type == 'QuantizeLinear' else 'DQ'}", used)
+        if node.op_type not in qdq:
+            continue
+        src = node.input[0]
+        if src in inits and src.endswith(".weight"):
+            base = f"{src.removesuffix('.weight')}/wDQ"
+        else:
+            base = f"{anchor(src)}/{'Q' if node.op_type == 'QuantizeLinear' else 'DQ'}"
+        node.name = _unique(base, used)
+
+
+def _weight_scale_names(model_proto) -> None:
+    """'layer1.0.conv1.weight_scale' -> 'layer1.0.conv1.scale' (the int8 scale of that module's weight)."""
+    g = model_proto.graph
+    inits = {t.name: t for t in g.initializer}
+    taken = set(inits) | {x for n in g.node for x in [*n.input, *n.output]}
+    new_names: dict[str, str] = {}
+    for node in g.node:
+        if node.op_type != "DequantizeLinear" or node.input[0] not in inits or not node.input[0].endswith(".weight"):
+            continue
+        old, new = node.input[1], node.input[0].removesuffix(".weight") + ".scale"
+        if old in inits and old == node.input[0] + "_scale" and new not in taken and old not in new_names:
+            new_names[old] = new
+            taken.add(new)
+    for t in g.initializer:
+        t.name = new_names.get(t.name, t.name)
+    for node in g.node:
+        node.input[:] = [new_names.get(x, x) for x in node.input]
 
 
 def _activation_qparam_names(model_proto) -> None:
     """The quantiser names an activation's scale and zero point after the fp32 edge ('t8_scale'),
-    which means nothing once edges are renamed: call them 'a0_scale', 'a0_zero_point', ... in
-    graph order (weights keep '<module>.weight_scale')."""
+    which means nothing once edges are renamed: call them 'a0_s', 'a0_zp', ... (activation 0's scale
+    and zero point) in graph order (weights' are '<module>.scale')."""
     g = model_proto.graph
     inits = {t.name: t for t in g.initializer}
     taken = set(inits) | {x for n in g.node for x in [*n.input, *n.output]}
@@ -428,11 +465,11 @@ def _activation_qparam_names(model_proto) -> None:
     for node in g.node:
         if node.op_type != "QuantizeLinear" or node.input[1] not in inits or node.input[1] in new_names:
             continue
-        while f"a{k}_scale" in taken or f"a{k}_zero_point" in taken:
+        while f"a{k}_s" in taken or f"a{k}_zp" in taken:
             k += 1
-        new_names[node.input[1]] = f"a{k}_scale"
+        new_names[node.input[1]] = f"a{k}_s"
         if len(node.input) > 2 and node.input[2] in inits and node.input[2] not in new_names:
-            new_names[node.input[2]] = f"a{k}_zero_point"
+            new_names[node.input[2]] = f"a{k}_zp"
         k += 1
     for t in g.initializer:
         t.name = new_names.get(t.name, t.name)
@@ -440,8 +477,46 @@ def _activation_qparam_names(model_proto) -> None:
         node.input[:] = [new_names.get(x, x) for x in node.input]
 
 
+def _dedupe_scalar_qparams(model_proto) -> int:
+    """Point Q/DQ nodes whose scalar scale (or zero point) has the same type and value as an earlier
+    one at that earlier initializer (e.g. a MaxPool's output keeps its input's scale). Returns how
+    many initializers went."""
+    from onnx import numpy_helper
+
+    g = model_proto.graph
+    inits = {t.name: t for t in g.initializer}
+    first: dict[tuple, str] = {}
+    rename: dict[str, str] = {}
+    for node in g.node:
+        if node.op_type not in ("QuantizeLinear", "DequantizeLinear"):
+            continue
+        for x in node.input[1:]:
+            t = inits.get(x)
+            if t is None or t.dims or x in rename:
+                continue
+            key = (t.data_type, numpy_helper.to_array(t).tobytes())
+            if first.setdefault(key, x) != x:
+                rename[x] = first[key]
+    for node in g.node:
+        node.input[:] = [rename.get(x, x) for x in node.input]
+    kept = [t for t in g.initializer if t.name not in rename]
+    removed = len(g.initializer) - len(kept)
+    del g.initializer[:]
+    g.initializer.extend(kept)
+    return removed
+
+
+def _drop_unused_opsets(model_proto) -> None:
+    """The quantiser declares eight operator domains (com.microsoft, ai.onnx.ml, ...) the graph never
+    uses; keep the default domain and those a node uses."""
+    used = {n.domain for n in model_proto.graph.node} | {""}
+    kept = [o for o in model_proto.opset_import if o.domain in used]
+    del model_proto.opset_import[:]
+    model_proto.opset_import.extend(kept)
+
+
 def _share_zero_points(model_proto) -> int:
-    """Point every Q/DQ at one initializer per distinct scalar zero point ('zero_point_-128', ...):
+    """Point every Q/DQ at one initializer per distinct scalar zero point ('zp_-128', ...):
     the quantiser writes one per activation, and after ReLUs most are the same value. Returns how
     many initializers went."""
     from onnx import numpy_helper
@@ -458,7 +533,7 @@ def _share_zero_points(model_proto) -> int:
         t = inits[name]
         key = (t.data_type, int(numpy_helper.to_array(t)))
         if key not in canonical:
-            canonical[key] = _unique(f"zero_point_{key[1]}", taken - {name})
+            canonical[key] = _unique(f"zp_{key[1]}", taken - {name})
             taken.add(canonical[key])
             t.name = canonical[key]
         rename[name] = canonical[key]
@@ -470,6 +545,138 @@ def _share_zero_points(model_proto) -> int:
     del g.initializer[:]
     g.initializer.extend(kept)
     return removed
+
+
+# --------------------------------------------------------------------------- cross-layer equalisation
+
+
+def out_channel_ranges(w: np.ndarray) -> np.ndarray:
+    """max |w| per output channel (axis 0) of a conv weight."""
+    return np.abs(w).reshape(w.shape[0], -1).max(axis=1).astype(np.float64)
+
+
+def in_channel_ranges(w: np.ndarray) -> np.ndarray:
+    """max |w| per input channel (axis 1) of a conv weight."""
+    return np.abs(np.moveaxis(w, 1, 0)).reshape(w.shape[1], -1).max(axis=1).astype(np.float64)
+
+
+def equalization_scales(r1: np.ndarray, r2: np.ndarray, alpha: float = 0.5) -> np.ndarray:
+    """Per-channel s for a conv pair A -> B: A's output channel j is divided by s_j and B's input
+    channel j multiplied by it, s_j = r1_j^alpha / r2_j^(1 - alpha). With r1 = A's per-output-channel
+    weight ranges and alpha = 0.5 this is Nagel et al. 2019 ("Data-Free Quantization"): both end with
+    the range sqrt(r1_j * r2_j). With r1 = the per-channel range of the activation between A and B
+    it trades that activation's spread (one int8 scale for all its channels) against the spread of
+    B's columns (one int8 scale per output channel: its row mixes all columns). A channel that is
+    zero on either side (a silenced channel) keeps s = 1."""
+    s = np.ones_like(r1, dtype=np.float64)
+    ok = (r1 > 0) & (r2 > 0)
+    s[ok] = r1[ok] ** alpha / r2[ok] ** (1 - alpha)
+    return s
+
+
+def apply_equalization(w1: np.ndarray, b1: np.ndarray | None, w2: np.ndarray, s: np.ndarray):
+    """(A / s, bias_A / s, B * s on its input channels): the same function when nothing between A
+    and B but a positively homogeneous op (none, ReLU) — f(x / s) = f(x) / s for s > 0."""
+    shape1 = (-1,) + (1,) * (w1.ndim - 1)
+    shape2 = (1, -1) + (1,) * (w2.ndim - 2)
+    w1 = (w1 / s.reshape(shape1)).astype(w1.dtype)
+    b1 = None if b1 is None else (b1 / s).astype(b1.dtype)
+    return w1, b1, (w2 * s.reshape(shape2)).astype(w2.dtype)
+
+
+def equalizable_pairs(model_proto, through_relu: bool = False) -> list[tuple[str, str]]:
+    """(A, B) Conv node names where A's output reaches only B, directly (the factorised blocks'
+    1x1 -> kxk -> 1x1, no nonlinearity inside) or, with ``through_relu``, through one Relu. Both
+    convs have their weights as initializers used by nothing else, and B is not grouped (its input
+    channel j is then column j of its weight)."""
+    g = model_proto.graph
+    inits = {t.name for t in g.initializer}
+    consumers: dict[str, list] = {}
+    for node in g.node:
+        for x in node.input:
+            consumers.setdefault(x, []).append(node)
+    outputs = {v.name for v in g.output}
+    uses = {name: len(nodes) for name, nodes in consumers.items()}
+
+    def own_weights(node) -> bool:
+        return all(x in inits and uses.get(x) == 1 for x in node.input[1:])
+
+    def group(node) -> int:
+        return next((a.i for a in node.attribute if a.name == "group"), 1)
+
+    def only_consumer(tensor: str):
+        nodes = consumers.get(tensor, [])
+        return nodes[0] if len(nodes) == 1 and tensor not in outputs else None
+
+    pairs = []
+    for a in g.node:
+        if a.op_type != "Conv" or len(a.input) < 2 or not own_weights(a):
+            continue
+        b = only_consumer(a.output[0])
+        if b is not None and through_relu and b.op_type == "Relu":
+            b = only_consumer(b.output[0])
+        if b is not None and b.op_type == "Conv" and own_weights(b) and group(b) == 1:
+            pairs.append((a.name, b.name))
+    return pairs
+
+
+def cross_layer_equalize(model_proto, through_relu: bool = False, iterations: int = 20,
+                         act_ranges: dict[str, np.ndarray] | None = None, alpha: float = 0.5) -> list[tuple[str, str]]:
+    """Equalise every pair from ``equalizable_pairs`` in place (the fp32 function is unchanged up to
+    rounding) and return the pairs. ``act_ranges`` (tensor name -> per-channel max |x| of the input
+    of each B, e.g. from ``activation_ranges``) balances activations against B's columns; without
+    it, A's weight rows against B's columns (Nagel). A chain A -> B -> C is swept pair by pair
+    ``iterations`` times, since equalising (B, C) moves B's column ranges again."""
+    from onnx import numpy_helper
+
+    g = model_proto.graph
+    pairs = equalizable_pairs(model_proto, through_relu)
+    if not pairs:
+        return pairs
+    by_name = {n.name: n for n in g.node}
+    tensors = {t.name: t for t in g.initializer}
+    arrays = {name: numpy_helper.to_array(t) for name, t in tensors.items()}
+    acts = {k: np.asarray(v, dtype=np.float64) for k, v in (act_ranges or {}).items()}
+    for _ in range(iterations):
+        for a_name, b_name in pairs:
+            a, b = by_name[a_name], by_name[b_name]
+            bias = a.input[2] if len(a.input) > 2 else None
+            w1, w2 = arrays[a.input[1]], arrays[b.input[1]]
+            r1 = acts[b.input[0]] if b.input[0] in acts else out_channel_ranges(w1)
+            s = equalization_scales(r1, in_channel_ranges(w2), alpha)
+            w1, b1, w2 = apply_equalization(w1, arrays.get(bias), w2, s)
+            arrays[a.input[1]], arrays[b.input[1]] = w1, w2
+            if bias is not None:
+                arrays[bias] = b1
+            if b.input[0] in acts:  # the activation is divided by s too (through a ReLU as well)
+                acts[b.input[0]] = acts[b.input[0]] / s
+    changed = {x for a_name, b_name in pairs for n in (by_name[a_name], by_name[b_name]) for x in n.input[1:]}
+    for name in changed:
+        tensors[name].CopyFrom(numpy_helper.from_array(arrays[name], name))
+    return pairs
+
+
+def activation_ranges(model_proto, tensors: list[str], x: np.ndarray, batch: int = 16) -> dict[str, np.ndarray]:
+    """Per-channel max |value| (axis 1) of the named intermediate tensors over the images ``x``."""
+    import onnx
+    import onnxruntime as ort
+
+    proto = copy.deepcopy(model_proto)
+    have = {o.name for o in proto.graph.output}
+    for name in tensors:
+        if name not in have:
+            proto.graph.output.append(onnx.ValueInfoProto(name=name))
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    sess = ort.InferenceSession(proto.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    inp = sess.get_inputs()[0].name
+    ranges: dict[str, np.ndarray] = {}
+    for i in range(0, len(x), batch):
+        outs = sess.run(tensors, {inp: x[i:i + batch]})
+        for name, v in zip(tensors, outs):
+            m = np.abs(np.moveaxis(v, 1, 0)).reshape(v.shape[1], -1).max(axis=1)
+            ranges[name] = np.maximum(ranges[name], m) if name in ranges else m
+    return ranges
 
 
 def _quant_options(nodes, inits: dict, cfg: Int8Config) -> tuple[list[str], dict]:
@@ -503,7 +710,7 @@ def _quant_options(nodes, inits: dict, cfg: Int8Config) -> tuple[list[str], dict
     return exclude, extra
 
 
-def quantize_int8(fp32_path: Path, out_path: Path, calib: np.ndarray, config: Int8Config | None = None) -> None:
+def quantize_int8(fp32_path: Path, out_path: Path, calib: np.ndarray, config: Int8Config | None = None) -> dict:
     """Static QDQ quantisation: int8 activations and int8 weights (S8S8), per channel unless
     ``config.per_tensor_max_channels`` says otherwise, calibrated on ``calib``; by default the
     classifier stays float (``Int8Config``: measured to raise agreement with fp32).
@@ -536,9 +743,29 @@ def quantize_int8(fp32_path: Path, out_path: Path, calib: np.ndarray, config: In
         def get_next(self):
             return next(self.batches, None)
 
+    if cfg.equalize not in ("off", "linear", "relu"):
+        raise UserError(f"int8 equalize {cfg.equalize!r} is not one of off, linear, relu")
+    if cfg.equalize_on not in ("weights", "activations"):
+        raise UserError(f"int8 equalize_on {cfg.equalize_on!r} is not weights or activations")
+    facts: dict = {"equalized_pairs": 0}
     pre = _tmp_path(out_path, ".pre.onnx")
+    eq = _tmp_path(out_path, ".eq.onnx")
     try:
-        quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=False)
+        source = fp32_path
+        if cfg.equalize != "off":
+            import onnx
+
+            proto = onnx.load(str(fp32_path))
+            relu = cfg.equalize == "relu"
+            acts = None
+            if cfg.equalize_on == "activations":
+                by_name = {n.name: n for n in proto.graph.node}
+                inputs = [by_name[b].input[0] for _, b in equalizable_pairs(proto, relu)]
+                acts = activation_ranges(proto, inputs, calib, cfg.calibration_batch)
+            facts["equalized_pairs"] = len(cross_layer_equalize(proto, relu, act_ranges=acts, alpha=cfg.equalize_alpha))
+            onnx.save(proto, str(eq))
+            source = eq
+        quant_pre_process(str(source), str(pre), skip_symbolic_shape=False)
         name = _session(pre).get_inputs()[0].name
         import onnx
 
@@ -556,6 +783,7 @@ def quantize_int8(fp32_path: Path, out_path: Path, calib: np.ndarray, config: In
         )
     finally:
         pre.unlink(missing_ok=True)
+        eq.unlink(missing_ok=True)
     import onnx
 
     proto = onnx.load(str(out_path))
@@ -563,13 +791,17 @@ def quantize_int8(fp32_path: Path, out_path: Path, calib: np.ndarray, config: In
     _rename_initializers(proto, strip_prefix="", strip_suffix="_quantized")
     _drop_zero_points(proto)
     _qdq_node_names(proto)
+    _weight_scale_names(proto)
     _activation_qparam_names(proto)
     if cfg.share_zero_points:
         _share_zero_points(proto)
+        _dedupe_scalar_qparams(proto)
+    _drop_unused_opsets(proto)
     _short_edge_names(proto)
     _strip_metadata(proto)
     onnx.checker.check_model(proto, full_check=True)
     onnx.save(proto, str(out_path))
+    return facts
 
 
 def write_ort_format(onnx_path: Path, ort_path: Path) -> None:

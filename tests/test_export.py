@@ -153,7 +153,7 @@ def test_int8_quantisation(tmp_path):
     assert "QuantizeLinear" in kinds and "DequantizeLinear" in kinds
     # per-channel int8 weights: one scale per output channel of the 3->32 and 32->64 convs
     proto = onnx.load(str(out))
-    scales = sorted(tuple(i.dims) for i in proto.graph.initializer if i.name.endswith("weight_scale"))
+    scales = sorted(tuple(i.dims) for i in proto.graph.initializer if i.name.endswith(".scale"))
     assert (32,) in scales and (64,) in scales
     assert out.with_suffix(".fp32.onnx").exists() and out.with_suffix(".ort").exists()
     assert info["int8_bytes"] == out.stat().st_size
@@ -254,9 +254,10 @@ def test_int8_compact_format_changes_no_output(tmp_path):
     onnx.checker.check_model(proto, full_check=True)
     assert len(proto.metadata_props) == 0
     nodes = {n.name: n for n in proto.graph.node}
-    w_dq = nodes["conv2.1.weight/DQ"]  # the middle factor conv's weight, named after the module
+    w_dq = nodes["conv2.1/wDQ"]  # the middle factor conv's weight, named after the module
     assert w_dq.op_type == "DequantizeLinear" and len(w_dq.input) == 2  # zero point 0 by default
-    assert {"conv1/Conv/Q", "conv1/Conv/DQ", "input/Div/Q"} <= set(nodes)
+    assert {"conv1/Q", "conv1/DQ", "input/Div/Q"} <= set(nodes)
+    assert [o.domain for o in proto.opset_import] == [""]  # none of the quantiser's unused domains
     assert list(nodes["input/Sub"].input)[0] == "input"  # the normalisation stays float
     assert sum(n.op_type == "Conv" for n in proto.graph.node) == 4  # the 3-conv block stays three
     inits = {t.name: t for t in proto.graph.initializer}
@@ -290,8 +291,8 @@ def test_int8_per_tensor_small_layers_and_float_ends(tmp_path):
     proto = onnx.load(str(q))
     onnx.checker.check_model(proto, full_check=True)
     inits = {t.name: t for t in proto.graph.initializer}
-    assert list(inits["conv2.0.weight_scale"].dims) == [] and list(inits["conv2.1.weight_scale"].dims) == []  # 4, 5 ch
-    assert list(inits["conv2.2.weight_scale"].dims) == [16]  # 16 channels: per channel
+    assert list(inits["conv2.0.scale"].dims) == [] and list(inits["conv2.1.scale"].dims) == []  # 4, 5 ch
+    assert list(inits["conv2.2.scale"].dims) == [16]  # 16 channels: per channel
     assert inits["conv2.1.weight"].data_type == onnx.TensorProto.INT8
     for name in ("conv1.weight", "fc.weight"):  # left float, no DQ in front
         assert inits[name].data_type == onnx.TensorProto.FLOAT
@@ -323,7 +324,7 @@ def test_int8_shared_zero_points_change_no_output(tmp_path):
            and not inits[n.input[2]].dims}  # activations' (weights' are per channel)
     values = [int(numpy_helper.to_array(inits[z])) for z in zps]
     assert len(values) == len(set(values))  # one initializer per distinct value ...
-    assert all(z == f"zero_point_{v}" for z, v in zip(zps, values))  # ... named by it
+    assert all(z == f"zp_{v}" for z, v in zip(zps, values))  # ... named by it
     assert shared.stat().st_size < apart.stat().st_size
 
 
@@ -352,7 +353,43 @@ def test_int8_default_keeps_classifier_float(tmp_path):
     inits = {t.name: t for t in g.initializer}
     assert inits["fc.weight"].data_type == onnx.TensorProto.FLOAT
     assert inits["conv2.1.weight"].data_type == onnx.TensorProto.INT8
-    assert list(inits["conv2.2.weight_scale"].dims) == [16]  # per channel
-    assert any(t.startswith("zero_point_") for t in inits)
+    assert list(inits["conv2.2.scale"].dims) == [16]  # per channel
+    assert any(t.startswith("zp_") for t in inits)
     gemm = next(n for n in g.node if n.op_type == "Gemm")
     assert gemm.name == "fc/Gemm" and gemm.input[1] == "fc.weight"  # no DQ in front of the float classifier
+
+
+def test_cross_layer_equalisation_keeps_fp32_and_equalises_ranges(tmp_path):
+    """Equalising the factorised block (1x1 -> kxk -> 1x1, nothing between) and, with through_relu, the
+    conv -> BN -> ReLU -> conv chain in front of it: the fp32 graph computes the same logits, and each
+    pair's ranges (A's output channel j, B's input channel j) end equal."""
+    from onnx import numpy_helper
+
+    from edgeclean.export import (Int8Config, cross_layer_equalize, equalizable_pairs, in_channel_ranges,
+                                  out_channel_ranges, quantize_int8, run_onnx)
+
+    fp32, calib = _three_conv_fp32(tmp_path)
+    proto = onnx.load(str(fp32))
+    assert equalizable_pairs(proto) == [("conv2.0/Conv", "conv2.1/Conv"), ("conv2.1/Conv", "conv2.2/Conv")]
+    assert ("conv1/Conv", "conv2.0/Conv") in equalizable_pairs(proto, through_relu=True)
+    before = {t.name: numpy_helper.to_array(t).copy() for t in proto.graph.initializer}
+    pairs = cross_layer_equalize(proto, through_relu=True, iterations=50)
+    eq = tmp_path / "eq.onnx"
+    onnx.save(proto, str(eq))
+    x = np.random.default_rng(7).random((16, 3, 8, 8), dtype=np.float32)
+    ref, got = run_onnx(fp32, x), run_onnx(eq, x)
+    assert np.max(np.abs(got - ref)) <= 1e-5 * max(1.0, float(np.max(np.abs(ref))))
+    w = {t.name: numpy_helper.to_array(t) for t in proto.graph.initializer}
+    nodes = {n.name: n for n in proto.graph.node}
+    assert any(not np.allclose(before[k], w[k]) for k in ("conv2.0.weight", "conv2.1.weight", "conv2.2.weight"))
+    for a, b in pairs:
+        r1, r2 = out_channel_ranges(w[nodes[a].input[1]]), in_channel_ranges(w[nodes[b].input[1]])
+        np.testing.assert_allclose(r1, r2, rtol=1e-3)
+    # the int8 path with it on: same graph shape, fp32 file untouched, close to fp32
+    q = tmp_path / "q.onnx"
+    facts = quantize_int8(fp32, q, calib, Int8Config(equalize="relu"))
+    assert facts["equalized_pairs"] == 3
+    assert sum(n.op_type == "Conv" for n in onnx.load(str(q)).graph.node) == 4
+    assert np.max(np.abs(run_onnx(q, x) - ref)) < 0.2 * np.max(np.abs(ref))
+    with pytest.raises(UserError, match="equalize"):
+        quantize_int8(fp32, q, calib, Int8Config(equalize="all"))
