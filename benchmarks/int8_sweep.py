@@ -84,6 +84,12 @@ SETTINGS: dict[str, Int8Config] = {
     "CLE relu + per-tensor all": Int8Config(equalize="relu", per_tensor_max_channels=10**9),
     "CLE relu + per-tensor <= 32 ch": Int8Config(equalize="relu", per_tensor_max_channels=32),
     "default + per-tensor all": Int8Config(per_tensor_max_channels=10**9),
+    "default + GPTQ": Int8Config(weight_rounding="gptq"),
+    "default + GPTQ damp 0.1": Int8Config(weight_rounding="gptq", gptq_damp=0.1),
+    "default + GPTQ float inputs": Int8Config(weight_rounding="gptq", gptq_input_noise=False),
+    "default + GPTQ damp 1.0 float inputs": Int8Config(weight_rounding="gptq", gptq_damp=1.0, gptq_input_noise=False),
+    "GPTQ + CLE linear": Int8Config(weight_rounding="gptq", equalize="linear"),
+    "GPTQ, classifier int8": Int8Config(weight_rounding="gptq", keep_fp32=()),
     **{f"CLE act {kind} a{alpha}": Int8Config(equalize=kind, equalize_on="activations", equalize_alpha=alpha)
        for kind in ("linear", "relu") for alpha in (0.25, 0.5, 0.75, 1.0)},
 }
@@ -162,8 +168,10 @@ def main() -> int:
             held = np.load(cache / f"{stem}.held.npy")
             real = real_images(card, args.real_limit)
             held2 = more_held(cache, stem, args.more_held, model, spec)
-            ref_held2 = run_onnx(f32, held2).argmax(1) if held2 is not None else None
-            ref_held = run_onnx(f32, held).argmax(1)
+            logits_held2 = run_onnx(f32, held2) if held2 is not None else None
+            logits_held = run_onnx(f32, held)
+            ref_held2 = logits_held2.argmax(1) if held2 is not None else None
+            ref_held = logits_held.argmax(1)
             ref_real = run_onnx(f32, real).argmax(1) if real is not None else None
             for name in names:
                 cfg = SETTINGS[name]
@@ -174,13 +182,22 @@ def main() -> int:
                        "fp32_bytes": f32.stat().st_size, "int8_bytes": q8.stat().st_size,
                        "quantise_seconds": round(time.perf_counter() - t, 1)}
                 row["int8_size_ratio"] = row["int8_bytes"] / row["fp32_bytes"]
-                row["agreement_synthetic"] = float(np.mean(run_onnx(q8, held).argmax(1) == ref_held))
+                out_held = run_onnx(q8, held)
+                row["agreement_synthetic"] = float(np.mean(out_held.argmax(1) == ref_held))
+                # the logit error behind the flips: far less noisy than counting flips, which
+                # happen only on the few near-tie images
+                diffs = [out_held - logits_held]
                 if held2 is not None:
-                    row["agreement_synthetic_seed2"] = float(np.mean(run_onnx(q8, held2).argmax(1) == ref_held2))
+                    out_held2 = run_onnx(q8, held2)
+                    diffs.append(out_held2 - logits_held2)
+                    row["agreement_synthetic_seed2"] = float(np.mean(out_held2.argmax(1) == ref_held2))
                     # both held-out sets together, with a 95% binomial (Wilson) interval
                     n = len(held) + len(held2)
                     k = round(row["agreement_synthetic"] * len(held) + row["agreement_synthetic_seed2"] * len(held2))
                     row["agreement_synthetic_all"] = {"n": n, "agree": k, "rate": k / n, "ci95": wilson(k, n)}
+                d = np.concatenate(diffs)
+                row["logit_error"] = {"images": int(len(d)), "mean_abs": float(np.mean(np.abs(d))),
+                                      "rms": float(np.sqrt(np.mean(d.astype(np.float64) ** 2)))}
                 if real is not None:
                     row["agreement_real"] = float(np.mean(run_onnx(q8, real).argmax(1) == ref_real))
                 if args.breakdown:
@@ -188,7 +205,8 @@ def main() -> int:
                 rows.append(row)
                 print(f"{stem:18s} {name:38s} synth {row['agreement_synthetic']:.2%} "
                       f"seed-2 {row.get('agreement_synthetic_seed2', float('nan')):.2%} "
-                      f"real {row.get('agreement_real', float('nan')):.2%} ratio {row['int8_size_ratio']:.4f}", flush=True)
+                      f"real {row.get('agreement_real', float('nan')):.2%} logit rms {row['logit_error']['rms']:.4f} "
+                      f"ratio {row['int8_size_ratio']:.4f}", flush=True)
     summary = {}
     for name in names:
         rs = [r for r in rows if r["setting"] == name]
@@ -208,6 +226,8 @@ def main() -> int:
                         if "agreement_synthetic_all" in rs[0] else None),
             "all_mean": (float(np.mean([r["agreement_synthetic_all"]["rate"] for r in rs]))
                          if "agreement_synthetic_all" in rs[0] else None),
+            "logit_rms_mean": float(np.mean([r["logit_error"]["rms"] for r in rs])),
+            "logit_mean_abs_mean": float(np.mean([r["logit_error"]["mean_abs"] for r in rs])),
             "ratio_min": min(r["int8_size_ratio"] for r in rs),
             "ratio_max": max(r["int8_size_ratio"] for r in rs),
         }
@@ -216,6 +236,7 @@ def main() -> int:
               f"mean {s['synthetic_mean']:.2%}  real mean {s['real_mean'] or float('nan'):.2%}  "
               f"seed-2 mean {s['seed2_mean'] or float('nan'):.2%} (>=99%: {s['seed2_ge_99']})  "
               f"768: >=99% {s['all_ge_99']}, min {s['all_min'] or float('nan'):.2%}, mean {s['all_mean'] or float('nan'):.2%}  "
+              f"logit rms {s['logit_rms_mean']:.4f} |d| {s['logit_mean_abs_mean']:.4f}  "
               f"ratio {s['ratio_min']:.3f}-{s['ratio_max']:.3f}")
     if args.out:
         env = {"load_start": load_start, "load_end": " ".join(f"{v:.2f}" for v in os.getloadavg())}

@@ -258,6 +258,10 @@ def test_int8_compact_format_changes_no_output(tmp_path):
     assert w_dq.op_type == "DequantizeLinear" and len(w_dq.input) == 2  # zero point 0 by default
     assert {"conv1/Q", "conv1/DQ", "input/Div/Q"} <= set(nodes)
     assert [o.domain for o in proto.opset_import] == [""]  # none of the quantiser's unused domains
+    # attributes at their operator default are not written (strides 1, group 1, no padding, ...)
+    attrs = {n.name: {a.name for a in n.attribute} for n in proto.graph.node}
+    assert attrs["conv2.0/Conv"] == {"kernel_shape"}  # a 1x1, stride 1, unpadded conv
+    assert attrs["conv2.1/Conv"] == {"kernel_shape", "pads"}
     assert list(nodes["input/Sub"].input)[0] == "input"  # the normalisation stays float
     assert sum(n.op_type == "Conv" for n in proto.graph.node) == 4  # the 3-conv block stays three
     inits = {t.name: t for t in proto.graph.initializer}
