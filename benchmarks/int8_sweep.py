@@ -84,14 +84,8 @@ SETTINGS: dict[str, Int8Config] = {
     "CLE relu + per-tensor all": Int8Config(equalize="relu", per_tensor_max_channels=10**9),
     "CLE relu + per-tensor <= 32 ch": Int8Config(equalize="relu", per_tensor_max_channels=32),
     "default + per-tensor all": Int8Config(per_tensor_max_channels=10**9),
-    "default + GPTQ": Int8Config(weight_rounding="gptq"),
-    "default + GPTQ damp 0.1": Int8Config(weight_rounding="gptq", gptq_damp=0.1),
-    "default + GPTQ float inputs": Int8Config(weight_rounding="gptq", gptq_input_noise=False),
-    "default + GPTQ damp 1.0 float inputs": Int8Config(weight_rounding="gptq", gptq_damp=1.0, gptq_input_noise=False),
-    "GPTQ + CLE linear": Int8Config(weight_rounding="gptq", equalize="linear"),
-    "GPTQ, classifier int8": Int8Config(weight_rounding="gptq", keep_fp32=()),
-    **{f"CLE act {kind} a{alpha}": Int8Config(equalize=kind, equalize_on="activations", equalize_alpha=alpha)
-       for kind in ("linear", "relu") for alpha in (0.25, 0.5, 0.75, 1.0)},
+    # GPTQ weight rounding and activation-range equalisation were measured at commit b952a03
+    # (results/int8_sweep_session4.json) and removed: neither raised agreement
 }
 
 

@@ -90,16 +90,6 @@ class Int8Config:
     # unchanged): "off"; "linear": conv -> conv with nothing between (the factorised 1x1 -> kxk -> 1x1
     # blocks); "relu": also conv -> ReLU -> conv (ReLU is positively homogeneous)
     equalize: str = "off"
-    # what A's side of a pair is measured by: "weights" (data-free, Nagel) or "activations" (the
-    # per-channel range of the tensor between A and B on the calibration images); the exponent
-    # alpha weighs it against B's column ranges (``equalization_scales``)
-    equalize_on: str = "weights"
-    equalize_alpha: float = 0.5
-    # weight rounding: "nearest" (onnxruntime's) or "gptq" (codes on the same grid that minimise each
-    # conv's output error on the calibration images; ``gptq_round``), with this dampening of X X^T
-    weight_rounding: str = "nearest"
-    gptq_damp: float = 0.01
-    gptq_input_noise: bool = True  # count the conv input's own int8 rounding noise in X X^T
 
 
 @dataclass
@@ -602,17 +592,17 @@ def in_channel_ranges(w: np.ndarray) -> np.ndarray:
     return np.abs(np.moveaxis(w, 1, 0)).reshape(w.shape[1], -1).max(axis=1).astype(np.float64)
 
 
-def equalization_scales(r1: np.ndarray, r2: np.ndarray, alpha: float = 0.5) -> np.ndarray:
-    """Per-channel s for a conv pair A -> B: A's output channel j is divided by s_j and B's input
-    channel j multiplied by it, s_j = r1_j^alpha / r2_j^(1 - alpha). With r1 = A's per-output-channel
-    weight ranges and alpha = 0.5 this is Nagel et al. 2019 ("Data-Free Quantization"): both end with
-    the range sqrt(r1_j * r2_j). With r1 = the per-channel range of the activation between A and B
-    it trades that activation's spread (one int8 scale for all its channels) against the spread of
-    B's columns (one int8 scale per output channel: its row mixes all columns). A channel that is
-    zero on either side (a silenced channel) keeps s = 1."""
+def equalization_scales(r1: np.ndarray, r2: np.ndarray) -> np.ndarray:
+    """Per-channel s for a conv pair A -> B (Nagel et al. 2019, "Data-Free Quantization"): A's output
+    channel j is divided by s_j = sqrt(r1_j / r2_j) and B's input channel j multiplied by it, so
+    both end with the range sqrt(r1_j * r2_j) (r1: A's per-output-channel weight ranges, r2: B's
+    per-input-channel ones). With per-channel weight scales A's rows gain nothing; what moves is
+    the spread of B's columns (one scale per output row mixes them) and of the activation between
+    (one scale for all its channels). A channel that is zero on either side (a silenced channel)
+    keeps s = 1."""
     s = np.ones_like(r1, dtype=np.float64)
     ok = (r1 > 0) & (r2 > 0)
-    s[ok] = r1[ok] ** alpha / r2[ok] ** (1 - alpha)
+    s[ok] = np.sqrt(r1[ok] / r2[ok])
     return s
 
 
@@ -662,13 +652,10 @@ def equalizable_pairs(model_proto, through_relu: bool = False) -> list[tuple[str
     return pairs
 
 
-def cross_layer_equalize(model_proto, through_relu: bool = False, iterations: int = 20,
-                         act_ranges: dict[str, np.ndarray] | None = None, alpha: float = 0.5) -> list[tuple[str, str]]:
-    """Equalise every pair from ``equalizable_pairs`` in place (the fp32 function is unchanged up to
-    rounding) and return the pairs. ``act_ranges`` (tensor name -> per-channel max |x| of the input
-    of each B, e.g. from ``activation_ranges``) balances activations against B's columns; without
-    it, A's weight rows against B's columns (Nagel). A chain A -> B -> C is swept pair by pair
-    ``iterations`` times, since equalising (B, C) moves B's column ranges again."""
+def cross_layer_equalize(model_proto, through_relu: bool = False, iterations: int = 20) -> list[tuple[str, str]]:
+    """Equalise the weight ranges of every pair from ``equalizable_pairs`` in place (Nagel et al.;
+    the fp32 function is unchanged up to rounding) and return the pairs. A chain A -> B -> C is
+    swept pair by pair ``iterations`` times, since equalising (B, C) moves B's ranges again."""
     from onnx import numpy_helper
 
     g = model_proto.graph
@@ -678,159 +665,20 @@ def cross_layer_equalize(model_proto, through_relu: bool = False, iterations: in
     by_name = {n.name: n for n in g.node}
     tensors = {t.name: t for t in g.initializer}
     arrays = {name: numpy_helper.to_array(t) for name, t in tensors.items()}
-    acts = {k: np.asarray(v, dtype=np.float64) for k, v in (act_ranges or {}).items()}
     for _ in range(iterations):
         for a_name, b_name in pairs:
             a, b = by_name[a_name], by_name[b_name]
             bias = a.input[2] if len(a.input) > 2 else None
             w1, w2 = arrays[a.input[1]], arrays[b.input[1]]
-            r1 = acts[b.input[0]] if b.input[0] in acts else out_channel_ranges(w1)
-            s = equalization_scales(r1, in_channel_ranges(w2), alpha)
+            s = equalization_scales(out_channel_ranges(w1), in_channel_ranges(w2))
             w1, b1, w2 = apply_equalization(w1, arrays.get(bias), w2, s)
             arrays[a.input[1]], arrays[b.input[1]] = w1, w2
             if bias is not None:
                 arrays[bias] = b1
-            if b.input[0] in acts:  # the activation is divided by s too (through a ReLU as well)
-                acts[b.input[0]] = acts[b.input[0]] / s
     changed = {x for a_name, b_name in pairs for n in (by_name[a_name], by_name[b_name]) for x in n.input[1:]}
     for name in changed:
         tensors[name].CopyFrom(numpy_helper.from_array(arrays[name], name))
     return pairs
-
-
-def activation_ranges(model_proto, tensors: list[str], x: np.ndarray, batch: int = 16) -> dict[str, np.ndarray]:
-    """Per-channel max |value| (axis 1) of the named intermediate tensors over the images ``x``."""
-    import onnx
-    import onnxruntime as ort
-
-    proto = copy.deepcopy(model_proto)
-    have = {o.name for o in proto.graph.output}
-    for name in tensors:
-        if name not in have:
-            proto.graph.output.append(onnx.ValueInfoProto(name=name))
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    sess = ort.InferenceSession(proto.SerializeToString(), so, providers=["CPUExecutionProvider"])
-    inp = sess.get_inputs()[0].name
-    ranges: dict[str, np.ndarray] = {}
-    for i in range(0, len(x), batch):
-        outs = sess.run(tensors, {inp: x[i:i + batch]})
-        for name, v in zip(tensors, outs):
-            m = np.abs(np.moveaxis(v, 1, 0)).reshape(v.shape[1], -1).max(axis=1)
-            ranges[name] = np.maximum(ranges[name], m) if name in ranges else m
-    return ranges
-
-
-# --------------------------------------------------------------------------- GPTQ weight rounding
-
-
-def gptq_round(w: np.ndarray, h: np.ndarray, scale: np.ndarray, damp: float = 0.01, qmax: int = 127) -> np.ndarray:
-    """int8 codes for ``w`` (out x in, one ``scale`` per row) that minimise the layer's output error
-    ||(W - s*Q) X||^2 on the calibration inputs (``h`` = X X^T, in x in) instead of each weight's own
-    rounding error: GPTQ (Frantar et al. 2022). Columns are quantised one at a time, the most active
-    input first, and the rounding error of each is pushed onto the columns not yet quantised, along
-    the inverse Hessian. The grid (scale, [-qmax, qmax]) is the one nearest rounding uses."""
-    w = w.astype(np.float64).copy()
-    h = h.astype(np.float64).copy()
-    n = h.shape[0]
-    dead = np.diag(h) <= 0  # an input channel that is always zero: its weights do not matter
-    h[dead, dead] = 1.0
-    w[:, dead] = 0.0
-    order = np.argsort(-np.diag(h), kind="stable")
-    w, h = w[:, order], h[np.ix_(order, order)]
-    h[np.diag_indices(n)] += damp * float(np.mean(np.diag(h)))
-    # upper Cholesky factor of H^-1: row i holds how column i's error spreads to the columns after it
-    hinv = np.linalg.cholesky(np.linalg.inv(h)).T
-    s = scale.astype(np.float64)
-    q = np.zeros_like(w)
-    for i in range(n):
-        q[:, i] = np.clip(np.round(w[:, i] / s), -qmax, qmax)
-        err = (w[:, i] - q[:, i] * s) / hinv[i, i]
-        w[:, i + 1:] -= np.outer(err, hinv[i, i + 1:])
-    out = np.empty_like(q)
-    out[:, order] = q
-    return out.astype(np.int8)
-
-
-def conv_input_hessians(model_proto, convs: list[str], x: np.ndarray, batch: int = 16):
-    """X X^T of each named (ungrouped, explicitly padded) Conv node's input patches over the images
-    ``x``, in the order of its flattened weight (in_channel, kh, kw); and how many patches went in."""
-    import onnx
-    import onnxruntime as ort
-    import torch.nn.functional as F
-
-    proto = copy.deepcopy(model_proto)
-    nodes = {n.name: n for n in proto.graph.node}
-    inputs = [nodes[c].input[0] for c in convs]
-    have = {o.name for o in proto.graph.output}
-    for name in dict.fromkeys(inputs):
-        if name not in have:
-            proto.graph.output.append(onnx.ValueInfoProto(name=name))
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    sess = ort.InferenceSession(proto.SerializeToString(), so, providers=["CPUExecutionProvider"])
-    feed = sess.get_inputs()[0].name
-    names = list(dict.fromkeys(inputs))
-    hess: dict[str, np.ndarray] = {}
-    counts: dict[str, int] = {}
-    for i in range(0, len(x), batch):
-        acts = dict(zip(names, sess.run(names, {feed: x[i:i + batch]})))
-        for c in convs:
-            node = nodes[c]
-            at = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
-            k = list(at.get("kernel_shape", []))
-            pads = list(at.get("pads", [0] * 4))
-            t = torch.from_numpy(acts[node.input[0]])
-            t = F.pad(t, (pads[1], pads[3], pads[0], pads[2]))
-            cols = F.unfold(t, k, dilation=list(at.get("dilations", [1, 1])), stride=list(at.get("strides", [1, 1])))
-            cols = cols.permute(1, 0, 2).reshape(cols.shape[1], -1).double()
-            h = (cols @ cols.T).numpy()
-            hess[c] = hess[c] + h if c in hess else h
-            counts[c] = counts.get(c, 0) + cols.shape[1]
-    return hess, counts
-
-
-def _gptq_weights(q_proto, fp32_proto, calib: np.ndarray, batch: int, damp: float, noise_aware: bool = True) -> int:
-    """Replace the nearest-rounded int8 weights of every quantised Conv in ``q_proto`` by GPTQ codes on
-    the same scales (from the fp32 weights and the Conv's inputs in ``fp32_proto`` on ``calib``).
-    The graph, the scales and the file size are unchanged. Returns how many weights changed."""
-    import onnx
-    from onnx import numpy_helper
-
-    f_nodes = {n.name: n for n in fp32_proto.graph.node}
-    f_inits = {t.name: t for t in fp32_proto.graph.initializer}
-    q_inits = {t.name: t for t in q_proto.graph.initializer}
-    producer = {o: n for n in q_proto.graph.node for o in n.output}
-    todo = []  # (conv node name, int8 weight initializer, scale initializer, fp32 weight initializer)
-    for node in q_proto.graph.node:
-        f = f_nodes.get(node.name)
-        dq = producer.get(node.input[1]) if node.op_type == "Conv" and len(node.input) > 1 else None
-        if f is None or dq is None or dq.op_type != "DequantizeLinear" or f.input[1] not in f_inits:
-            continue
-        at = {a.name: onnx.helper.get_attribute_value(a) for a in f.attribute}
-        if at.get("group", 1) != 1 or at.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
-            continue
-        if dq.input[0] in q_inits and dq.input[1] in q_inits and q_inits[dq.input[0]].data_type == onnx.TensorProto.INT8:
-            todo.append((node.name, q_inits[dq.input[0]], q_inits[dq.input[1]], f_inits[f.input[1]]))
-    if not todo:
-        return 0
-    hess, counts = conv_input_hessians(fp32_proto, [c for c, *_ in todo], calib, batch)
-    q_nodes = {n.name: n for n in q_proto.graph.node}
-    for conv, q_t, s_t, f_t in todo:
-        w = numpy_helper.to_array(f_t)
-        s = numpy_helper.to_array(s_t).astype(np.float64)
-        s = np.broadcast_to(s.reshape(-1), (w.shape[0],)).copy()
-        h = hess[conv]
-        # The deployed conv sees its input quantised too: rounding noise of step a (the input's int8
-        # scale), variance a^2 / 12 on every patch entry, adds count * a^2 / 12 to X X^T. Without it
-        # GPTQ leans on directions the float inputs rarely use, which that noise fills.
-        dq = producer.get(q_nodes[conv].input[0])
-        if noise_aware and dq is not None and dq.op_type == "DequantizeLinear" and dq.input[1] in q_inits:
-            a = float(numpy_helper.to_array(q_inits[dq.input[1]]).reshape(-1)[0])
-            h = h + np.eye(len(h)) * counts[conv] * a * a / 12.0
-        q = gptq_round(w.reshape(w.shape[0], -1), h, s, damp).reshape(w.shape)
-        q_t.CopyFrom(numpy_helper.from_array(q, q_t.name))
-    return len(todo)
 
 
 def _quant_options(nodes, inits: dict, cfg: Int8Config) -> tuple[list[str], dict]:
@@ -899,10 +747,6 @@ def quantize_int8(fp32_path: Path, out_path: Path, calib: np.ndarray, config: In
 
     if cfg.equalize not in ("off", "linear", "relu"):
         raise UserError(f"int8 equalize {cfg.equalize!r} is not one of off, linear, relu")
-    if cfg.weight_rounding not in ("nearest", "gptq"):
-        raise UserError(f"int8 weight_rounding {cfg.weight_rounding!r} is not nearest or gptq")
-    if cfg.equalize_on not in ("weights", "activations"):
-        raise UserError(f"int8 equalize_on {cfg.equalize_on!r} is not weights or activations")
     facts: dict = {"equalized_pairs": 0}
     pre = _tmp_path(out_path, ".pre.onnx")
     eq = _tmp_path(out_path, ".eq.onnx")
@@ -912,13 +756,7 @@ def quantize_int8(fp32_path: Path, out_path: Path, calib: np.ndarray, config: In
             import onnx
 
             proto = onnx.load(str(fp32_path))
-            relu = cfg.equalize == "relu"
-            acts = None
-            if cfg.equalize_on == "activations":
-                by_name = {n.name: n for n in proto.graph.node}
-                inputs = [by_name[b].input[0] for _, b in equalizable_pairs(proto, relu)]
-                acts = activation_ranges(proto, inputs, calib, cfg.calibration_batch)
-            facts["equalized_pairs"] = len(cross_layer_equalize(proto, relu, act_ranges=acts, alpha=cfg.equalize_alpha))
+            facts["equalized_pairs"] = len(cross_layer_equalize(proto, through_relu=cfg.equalize == "relu"))
             onnx.save(proto, str(eq))
             source = eq
         quant_pre_process(str(source), str(pre), skip_symbolic_shape=False)
@@ -937,7 +775,6 @@ def quantize_int8(fp32_path: Path, out_path: Path, calib: np.ndarray, config: In
             per_channel=cfg.per_tensor_max_channels <= 0, calibrate_method=methods[cfg.calibrate_method],
             op_types_to_quantize=op_types, nodes_to_exclude=exclude, extra_options=extra,
         )
-        source_proto = onnx.load(str(source)) if cfg.weight_rounding == "gptq" else None
     finally:
         pre.unlink(missing_ok=True)
         eq.unlink(missing_ok=True)
@@ -946,9 +783,6 @@ def quantize_int8(fp32_path: Path, out_path: Path, calib: np.ndarray, config: In
     proto = onnx.load(str(out_path))
     proto.ir_version = min(proto.ir_version, ORT_MAX_IR_VERSION)
     _rename_initializers(proto, strip_prefix="", strip_suffix="_quantized")
-    if source_proto is not None:
-        facts["gptq_weights"] = _gptq_weights(proto, source_proto, calib, cfg.calibration_batch, cfg.gptq_damp,
-                                              cfg.gptq_input_noise)
     _drop_zero_points(proto)
     _qdq_node_names(proto)
     _weight_scale_names(proto)
