@@ -25,15 +25,17 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from .factorize import conv_layers, factorizable, factorize_conv, reconstruct, scale, tucker2
+from .factorize import conv_layers, factorizable, factorize_conv, reconstruct, scale, truncate, tucker2
 from .finetune import FinetuneConfig, finetune, use_bf16
 from .ranks import (
-    LayerSpectrum, RankConfig, allocate_ranks, check_precision, conv_bytes, energy_ranks, estimate_bytes,
+    LayerSpectrum, RankConfig, allocate_ranks, check_precision, conv_bytes, energy_ranks, estimate_bytes, interpolate,
+    monotone, probe_ranks, rank_grids,
 )
 from .scaling import ScaleConfig, scale_mode
-from .unlearn import PatchConfig, apply_patch, patch_head
+from .unlearn import PatchConfig, apply_patch, hold_patch, patch_head
 
 
 @dataclass
@@ -52,6 +54,10 @@ class CCConfig:
     # patch the teacher's head against a trigger reverse-engineered for the scan's suspected target
     # before distilling (unlearn.py); None: distil from the unpatched suspect
     patch: PatchConfig | None = field(default_factory=PatchConfig)
+    hold_patch: bool = False  # keep the student's silenced channels / head columns at zero while distilling
+    distil_from: str = "patched"  # the teacher the student distils from: "patched" or "suspect"
+    # synthesise images from the patched teacher too: "off", "add" (to the suspect's), "replace"
+    patched_synth: str = "off"
     seed: int = 0
     progress: bool = False
 
@@ -138,6 +144,15 @@ def clean_and_compact(model: nn.Module, spec, budget_bytes: int | None = None, p
     student = copy.deepcopy(model).eval()
     before = estimate_bytes(student, precision)
 
+    # 5. synthetic data: distillation needs it, the "output" rank proxy measures on it
+    images = adv_images = adv_index = None
+    data_info = {}
+    if config.do_finetune or (budget_bytes is not None and config.ranks.proxy == "output"):
+        t0 = time.perf_counter()
+        n = config.n_synthetic if config.do_finetune else config.ranks.probe_images
+        images, adv_images, adv_index, data_info = synthetic_data(teacher, spec, n, config, scan_result)
+        timings["data_s"] = time.perf_counter() - t0
+
     # 1. decompose
     t0 = time.perf_counter()
     convs = [(n, m) for n, m in conv_layers(student) if isinstance(m, nn.Conv2d)]
@@ -165,6 +180,9 @@ def clean_and_compact(model: nn.Module, spec, budget_bytes: int | None = None, p
     t0 = time.perf_counter()
     spectra = layer_spectra(dict(convs), tuckers)
     other = before - sum(conv_bytes(l.c_in, l.c_out, l.kernel, precision) for l in spectra)
+    if budget_bytes is not None and config.ranks.proxy == "output":
+        spectra = rank_sensitivity(input_model(student, spec), dict(convs), tuckers, spectra,
+                                   images[: config.ranks.probe_images], config.ranks)
     if budget_bytes is not None:
         ranks = allocate_ranks(spectra, budget_bytes, other, precision, config.ranks)
         policy = "budget"
@@ -197,12 +215,9 @@ def clean_and_compact(model: nn.Module, spec, budget_bytes: int | None = None, p
         layers.append(_layer_entry(name, conv, block.ranks, None, scaled_info.get(name, {})))
     timings["replace_s"] = time.perf_counter() - t0
 
-    # 5. synthetic data, 6. fine-tune
-    ft_stats, data_info, patch_info = {"steps": 0}, {}, None
+    # 6. fine-tune (on 5., the synthetic data, made before the allocation that may measure on it)
+    ft_stats, patch_info, holds = {"steps": 0}, None, []
     if config.do_finetune:
-        t0 = time.perf_counter()
-        images, adv_images, adv_index, data_info = synthetic_data(teacher, spec, config.n_synthetic, config, scan_result)
-        timings["data_s"] = time.perf_counter() - t0
         # the scan's suspected target class aims the patch (and any online perturbations)
         target = getattr(scan_result, "target_class", None) if getattr(scan_result, "suspected", False) else None
         kd_teacher = teacher
@@ -213,11 +228,22 @@ def clean_and_compact(model: nn.Module, spec, budget_bytes: int | None = None, p
             if patched is not None:
                 apply_patch(student, patched)
                 patch_info = asdict(patched)
+                if config.hold_patch:
+                    holds = hold_patch(student, patched)
+            if config.distil_from == "suspect":
+                kd_teacher = teacher
+            elif patched is not None and config.patched_synth != "off":
+                from .synth import SynthConfig, synthesize
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16(config.synth_bf16)):
+                    new = synthesize(kd_teacher, spec, len(images), SynthConfig(seed=config.seed + 2))
+                images = new if config.patched_synth == "replace" else torch.cat([images, new])
             timings["patch_s"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         ft_cfg = replace(config.finetune, seed=config.seed, progress=config.progress or config.finetune.progress)
         ft_stats = finetune(input_model(student, spec), input_model(kd_teacher, spec), images, adv_images, adv_index,
                             ft_cfg, target_class=target)
+        for h in holds:
+            h.remove()
         ft_stats["target_class"] = target
         timings["finetune_s"] = time.perf_counter() - t0
     student.eval()
@@ -253,6 +279,46 @@ def report_spectra(raw: dict, layers: list[dict], scale: ScaleConfig, limit: int
                         "values": [round(float(v), 4) for v in normalise(raw[name][mode].numpy(), scale.norm)],
                         "scaled": (by_name[name]["scaled"].get(mode) or {}).get("indices", []), "threshold": scale.tau})
     return out[:limit]
+
+
+@torch.no_grad()
+def rank_sensitivity(net: nn.Module, modules: dict[str, nn.Conv2d], tuckers: dict, spectra: list[LayerSpectrum],
+                     images: torch.Tensor, config: RankConfig) -> list[LayerSpectrum]:
+    """``spectra`` with measured loss curves: for each layer and mode, the KL divergence of ``net``'s
+    output on ``images`` when only that mode of only that layer is truncated to each allowed rank
+    (``config.probe_points`` ranks per mode are measured, the others interpolated).
+
+    ``net`` (raw inputs) must run through ``modules``, whose weights are swapped and restored here.
+    Unlike the energy bound, this sees how much each layer matters to the prediction.
+    """
+    net.eval()
+    base = F.log_softmax(net(images).float(), 1)
+
+    def curve(conv, grid, weight_at):
+        """Loss at every rank of ``grid``; ``weight_at(r)`` is the conv's weight truncated to rank r."""
+        measured = {}
+        for r in probe_ranks(grid, config.probe_points):
+            conv.weight.copy_(weight_at(r).to(conv.weight.dtype))
+            out = F.log_softmax(net(images).float(), 1)
+            measured[r] = float(F.kl_div(out, base, log_target=True, reduction="batchmean"))
+        return monotone(interpolate(measured, grid))
+
+    out = []
+    for layer in spectra:
+        conv, t = modules[layer.name], tuckers[layer.name]
+        original = conv.weight.detach().clone()
+        grid_in, grid_out = rank_grids(layer, config)
+        full_in, full_out = t.ranks
+        try:
+            if layer.is_1x1:  # one rank for both modes
+                loss_out = loss_in = curve(conv, grid_out, lambda r, t=t: reconstruct(truncate(t, r, r)))
+            else:
+                loss_out = curve(conv, grid_out, lambda r, t=t, f=full_in: reconstruct(truncate(t, f, r)))
+                loss_in = curve(conv, grid_in, lambda r, t=t, f=full_out: reconstruct(truncate(t, r, f)))
+        finally:
+            conv.weight.copy_(original)
+        out.append(replace(layer, loss_in=loss_in, loss_out=loss_out))
+    return out
 
 
 def layer_spectra(modules: dict[str, nn.Conv2d], tuckers: dict) -> list[LayerSpectrum]:

@@ -135,6 +135,10 @@ class LayerSpectrum:
     kernel: tuple[int, int]
     s_in: np.ndarray  # mode-2 singular values, descending
     s_out: np.ndarray  # mode-1 singular values, descending
+    # measured loss of truncating one mode to a rank (the other left full), e.g. the model's output
+    # divergence on synthetic images (cc.rank_sensitivity); None: the HOSVD energy bound stands in
+    loss_in: dict[int, float] | None = None
+    loss_out: dict[int, float] | None = None
 
     @property
     def is_1x1(self) -> bool:
@@ -148,6 +152,11 @@ class RankConfig:
     multiple_from: int = 32  # ... in modes whose full rank is at least this
     default_energy: float = 0.9  # share of each mode's energy kept when no budget is given
     margin: float = 0.02  # aim this much under the budget: the byte model is within ~1.5% on real files
+    # what a rank costs in the greedy search: "energy" = the HOSVD energy bound of the weights alone;
+    # "output" = the model's measured output divergence on synthetic images (cc.rank_sensitivity)
+    proxy: str = "output"
+    probe_images: int = 128  # synthetic images the "output" proxy measures on
+    probe_points: int = 12  # ranks measured per mode (evenly over the grid; linear in between)
 
 
 def _step(full: int, cfg: RankConfig) -> int:
@@ -167,12 +176,47 @@ def _lost(s: np.ndarray, r: int) -> float:
 
 
 def layer_loss(layer: LayerSpectrum, ranks: tuple[int, int] | None) -> float:
-    """Normalised energy lost at ``ranks`` (HOSVD bound, both modes); 0 for dense."""
+    """Loss at ``ranks``: the measured per-mode losses when the layer has them (taken as additive
+    over the two modes), else the normalised energy lost (HOSVD bound, both modes); 0 for dense."""
     if ranks is None:
         return 0.0
+    if layer.loss_out is not None:
+        if layer.is_1x1:
+            return layer.loss_out[ranks[0]]
+        return layer.loss_in[ranks[0]] + layer.loss_out[ranks[1]]
     if layer.is_1x1:
         return _lost(layer.s_out, ranks[0])
     return _lost(layer.s_in, ranks[0]) + _lost(layer.s_out, ranks[1])
+
+
+def rank_grids(layer: LayerSpectrum, config: "RankConfig") -> tuple[list[int], list[int]]:
+    """The ranks the allocator may give each mode (r_in grid, r_out grid), descending."""
+    full_in, full_out = _full(layer)
+    grid_in = _grid(full_in, config)
+    return grid_in, (grid_in if layer.is_1x1 else _grid(full_out, config))
+
+
+def probe_ranks(grid: list[int], points: int) -> list[int]:
+    """At most ``points`` ranks spread evenly over ``grid``, its largest and smallest included."""
+    if len(grid) <= points:
+        return list(grid)
+    idx = np.unique(np.round(np.linspace(0, len(grid) - 1, max(points, 2))).astype(int))
+    return [grid[i] for i in idx]
+
+
+def interpolate(measured: dict[int, float], grid: list[int]) -> dict[int, float]:
+    """A loss for every rank of ``grid`` from those measured (linear in the rank)."""
+    xs = sorted(measured)
+    return {r: float(np.interp(r, xs, [measured[x] for x in xs])) for r in grid}
+
+
+def monotone(losses: dict[int, float]) -> dict[int, float]:
+    """A measured loss curve made non-increasing in the rank (noise must not reward cutting more)."""
+    out, worst = {}, 0.0
+    for r in sorted(losses, reverse=True):
+        worst = max(worst, losses[r])
+        out[r] = worst
+    return out
 
 
 def _full(layer: LayerSpectrum) -> tuple[int, int]:
@@ -188,9 +232,7 @@ class _State:
 
     def __init__(self, layer: LayerSpectrum, precision: str, cfg: RankConfig):
         self.layer, self.precision = layer, precision
-        full_in, full_out = _full(layer)
-        self.grid_in = _grid(full_in, cfg)
-        self.grid_out = self.grid_in if layer.is_1x1 else _grid(full_out, cfg)
+        self.grid_in, self.grid_out = rank_grids(layer, cfg)
         self.dense_cost = conv_bytes(layer.c_in, layer.c_out, layer.kernel, precision)
         self.idx: tuple[int, int] | None = None  # None = dense
 

@@ -1,3 +1,4 @@
+import itertools
 import json
 
 import pytest
@@ -7,7 +8,7 @@ from edgeclean.cc import CCConfig, clean_and_compact, save_cleaned, smallest_byt
 from edgeclean.errors import UserError
 from edgeclean.finetune import FinetuneConfig
 from edgeclean.load import ModelSpec, load_suspect
-from edgeclean.ranks import estimate_bytes
+from edgeclean.ranks import RankConfig, estimate_bytes
 from edgeclean.scaling import ScaleConfig
 from edgeclean.zoo import create_model
 
@@ -64,3 +65,30 @@ def test_impossible_budget_and_no_budget():
     cleaned, report = clean_and_compact(model, spec, config=CCConfig(do_finetune=False, do_scale=False))
     assert "default energy share" in report.rank_policy
     assert report.estimated_bytes_after <= report.estimated_bytes_before
+
+
+def test_output_proxy_measures_on_the_model_and_restores_it():
+    from edgeclean.cc import layer_spectra, rank_sensitivity
+    from edgeclean.factorize import conv_layers, factorizable, tucker2
+    from edgeclean.load import input_model
+
+    model, spec = _model()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    convs = {n: m for n, m in conv_layers(model) if factorizable(m)}
+    tuckers = {n: tucker2(m.weight) for n, m in convs.items()}
+    images = torch.rand(8, 1, 16, 16)
+    spectra = rank_sensitivity(input_model(model, spec), convs, tuckers, layer_spectra(convs, tuckers), images,
+                               RankConfig())
+    for k, v in model.state_dict().items():  # every weight swapped in was put back
+        torch.testing.assert_close(v, before[k], rtol=0, atol=0)
+    measured = [l for l in spectra if l.loss_out]
+    assert measured
+    for layer in measured:
+        for curve in (layer.loss_in, layer.loss_out):
+            ranks = sorted(curve)
+            assert all(curve[a] >= curve[b] >= 0 for a, b in itertools.pairwise(ranks))  # fewer ranks, more loss
+    assert any(max(l.loss_out.values()) > 0 for l in measured)
+    budget = estimate_bytes(model) // 3
+    cfg = CCConfig(ranks=RankConfig(proxy="output", probe_images=8), do_finetune=False)
+    _, report = clean_and_compact(model, spec, budget_bytes=budget, config=cfg, scan_result=_Scan(images, None))
+    assert report.estimated_bytes_after <= budget and report.spec["factorized"]

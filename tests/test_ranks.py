@@ -6,7 +6,8 @@ from torch import nn
 from edgeclean.errors import UserError
 from edgeclean.factorize import factorize_conv, full_ranks, swap_modules, tucker2
 from edgeclean.ranks import (
-    LayerSpectrum, RankConfig, allocate_ranks, conv_bytes, energy_ranks, estimate_bytes, parse_budget,
+    LayerSpectrum, RankConfig, allocate_ranks, conv_bytes, energy_ranks, estimate_bytes, interpolate, layer_loss,
+    monotone, parse_budget, probe_ranks,
 )
 from edgeclean.zoo import create_model
 
@@ -99,3 +100,33 @@ def test_byte_model_matches_a_real_onnx_file(tmp_path):
     onnx.save(proto, str(path))
     real = path.stat().st_size
     assert abs(estimate_bytes(model) - real) / real < 0.02
+
+
+def test_measured_losses_steer_the_allocation():
+    # two identical layers: the one whose measured loss curve is steep keeps the larger ranks
+    s = np.linspace(2.0, 1.0, 64)
+    grid = list(range(40, 0, -8))
+    flat = {r: 0.001 * (48 - r) for r in grid}
+    steep = {r: 1.0 * (48 - r) for r in grid}
+    layers = [LayerSpectrum("a", 64, 64, (3, 3), s, s, loss_in=flat, loss_out=flat),
+              LayerSpectrum("b", 64, 64, (3, 3), s, s, loss_in=steep, loss_out=steep)]
+    dense = sum(conv_bytes(64, 64, (3, 3), "fp32") for _ in layers)
+    ranks = allocate_ranks(layers, int(dense * 0.3), 0)
+    assert ranks["a"] is not None and ranks["b"] is not None
+    assert ranks["b"][0] > ranks["a"][0] and ranks["b"][1] > ranks["a"][1]
+    assert layer_loss(layers[1], (40, 32)) == steep[40] + steep[32]
+
+
+def test_monotone_never_rewards_cutting_more():
+    noisy = {40: 0.1, 32: 0.05, 24: 0.3, 16: 0.2, 8: 0.9}
+    assert monotone(noisy) == {40: 0.1, 32: 0.1, 24: 0.3, 16: 0.3, 8: 0.9}
+
+
+def test_probe_ranks_and_interpolation():
+    grid = list(range(176, 0, -8))  # 22 ranks
+    probed = probe_ranks(grid, 8)
+    assert len(probed) == 8 and probed[0] == 176 and probed[-1] == 8
+    assert probe_ranks([16, 8], 8) == [16, 8]
+    full = interpolate({176: 0.0, 8: 1.68}, grid)
+    assert set(full) == set(grid) and full[176] == 0.0 and full[8] == 1.68
+    assert abs(full[88] - 0.88) < 1e-9  # linear in the rank between the two measured

@@ -1,0 +1,54 @@
+"""Rank allocation proxy: HOSVD energy vs measured output divergence (RankConfig.proxy), C&C at 1/8.
+
+    OMP_NUM_THREADS=1 python benchmarks/explore/alloc.py --suspect benchmarks/suspects/vgg11_clean.pt \\
+        --proxies energy output [--no-ft] [--nopatch]
+
+Prints CA / ASR (first 1,000 test images) of the student, the ranks chosen and the stage times.
+The card's target stands in for the scan's (as in cc1.py); the synthetic images are case.images().
+"""
+import argparse
+import os
+import sys
+import time
+from dataclasses import replace
+from types import SimpleNamespace
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from case import Case  # noqa: E402
+from edgeclean.cc import CCConfig, clean_and_compact  # noqa: E402
+from edgeclean.ranks import RankConfig, estimate_bytes  # noqa: E402
+
+ap = argparse.ArgumentParser()
+ap.add_argument("--suspect", default="benchmarks/suspects/vgg11_clean.pt")
+ap.add_argument("--proxies", nargs="+", default=["energy", "output"])
+ap.add_argument("--no-ft", action="store_true")
+ap.add_argument("--nopatch", action="store_true")
+ap.add_argument("--probe", type=int, default=128, help="RankConfig.probe_images")
+ap.add_argument("--points", type=int, default=RankConfig().probe_points, help="RankConfig.probe_points")
+ap.add_argument("--fraction", type=float, default=1 / 8)
+ap.add_argument("--steps", type=int, default=None, help="FinetuneConfig.steps (default: its own)")
+ap.add_argument("--hold", action="store_true", help="CCConfig.hold_patch")
+ap.add_argument("--distil-from", default="patched", help="CCConfig.distil_from")
+ap.add_argument("--patched-synth", default="off", help="CCConfig.patched_synth")
+ap.add_argument("--n", type=int, default=512, help="synthetic images for the distillation")
+args = ap.parse_args()
+torch.set_num_threads(1)
+case = Case(args.suspect)
+scan = SimpleNamespace(suspected=case.target is not None, target_class=case.target,
+                       images=case.images(args.n), adv_images=None)
+budget = int(estimate_bytes(case.model) * args.fraction)
+for proxy in args.proxies:
+    cfg = CCConfig(ranks=RankConfig(proxy=proxy, probe_images=args.probe, probe_points=args.points), do_finetune=not args.no_ft)
+    if args.nopatch:
+        cfg = replace(cfg, patch=None)
+    if args.steps:
+        cfg = replace(cfg, finetune=replace(cfg.finetune, steps=args.steps))
+    cfg = replace(cfg, n_synthetic=args.n, hold_patch=args.hold, distil_from=args.distil_from,
+                  patched_synth=args.patched_synth)
+    t0 = time.time()
+    student, rep = clean_and_compact(case.model, case.spec, budget_bytes=budget, config=cfg, scan_result=scan)
+    ranks = [tuple(l["ranks"]) if l["ranks"] else None for l in rep.layers]
+    print(case.path.stem, proxy, f"steps={cfg.finetune.steps} n={args.n} patch={not args.nopatch} hold={args.hold} from={args.distil_from} psynth={args.patched_synth}", "CA/ASR", case.ev(student), f"{time.time() - t0:.0f}s", rep.timings,
+          "ranks", ranks, flush=True)
