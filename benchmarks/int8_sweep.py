@@ -11,7 +11,11 @@ about (they pull against each other: a layer kept float costs bytes):
         [--calib N] [--out benchmarks/results/int8_sweep.json]
 
 Agreement is measured on the 256 held-out synthetic images (synthesis seed 1; calibration used seed
-0), as export_suspects.py does; real test images are never used for calibration, only reported
+0), as export_suspects.py does, and with ``--more-held 512`` on 512 more (seed 2): the 768 together
+get a 95% Wilson interval and the mean |int8 - fp32| logit error, a far less noisy figure than the
+flips (``<out>_agreement.md``; ``--markdown RESULT.json`` rewrites it). The setting "int8 weights
+only (float activations)" rounds the fp32 file's conv weights to the int8 grid and keeps everything
+else float, to split the error. Real test images are never used for calibration, only reported
 (``--real-limit``). ``--calib N`` with N above the cached 64 synthesises more calibration images
 (seed 0, cached as ``<stem>.calib<N>.npy``).
 """
@@ -37,7 +41,30 @@ from export_suspects import load_cleaned  # noqa: E402
 from onnx_bytes import int8_breakdown  # noqa: E402
 
 BASE = Int8Config(keep_fp32=(), share_zero_points=False)  # the settings before this sweep
+# Not a quantised file: the fp32 graph with its conv weights rounded to the int8 grid (per output
+# channel, scale = max|w| / 127, as quantize_int8 does) and activations left float, to tell how much of
+# the int8 logit error the weights cause.
+WEIGHTS_ONLY = "int8 weights only (float activations)"
+
+
+def weights_only(fp32_path: Path, out_path: Path) -> None:
+    import onnx
+    from onnx import numpy_helper
+
+    proto = onnx.load(str(fp32_path))
+    conv_weights = {n.input[1] for n in proto.graph.node if n.op_type == "Conv" and len(n.input) > 1}
+    for t in proto.graph.initializer:
+        if t.name in conv_weights:
+            w = numpy_helper.to_array(t)
+            scale = np.abs(w).reshape(w.shape[0], -1).max(axis=1) / 127.0
+            scale[scale == 0] = 1.0
+            scale = scale.reshape((-1,) + (1,) * (w.ndim - 1))
+            t.CopyFrom(numpy_helper.from_array((np.round(w / scale) * scale).astype(np.float32), t.name))
+    onnx.save(proto, str(out_path))
+
+
 SETTINGS: dict[str, Int8Config] = {
+    WEIGHTS_ONLY: Int8Config(),  # (its config is unused: see weights_only)
     "default": Int8Config(),  # MinMax, classifier fp32, shared zero points (chosen by this sweep)
     "minmax (previous default)": BASE,
     "minmax + shared zp": replace(BASE, share_zero_points=True),
@@ -132,6 +159,12 @@ def real_images(card: dict, limit: int):
 
 
 def main() -> int:
+    if "--markdown" in sys.argv:  # --markdown RESULT.json: (re)write RESULT_agreement.md from a saved sweep
+        path = Path(sys.argv[sys.argv.index("--markdown") + 1])
+        d = json.loads(path.read_text())
+        text = agreement_markdown(d["rows"], d["summary"], argparse.Namespace(**d["args"]), d["env"])
+        path.with_name(path.stem + "_agreement.md").write_text(text)
+        return 0
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("cache", help="folder written by export_suspects.py --cache")
     ap.add_argument("--settings", nargs="*", help=f"names from: {'; '.join(SETTINGS)}")
@@ -171,7 +204,10 @@ def main() -> int:
                 cfg = SETTINGS[name]
                 q8 = Path(tmp) / "m.onnx"
                 t = time.perf_counter()
-                quantize_int8(f32, q8, calib, cfg)
+                if name == WEIGHTS_ONLY:
+                    weights_only(f32, q8)
+                else:
+                    quantize_int8(f32, q8, calib, cfg)
                 row = {"model": stem, "setting": name, "config": asdict(cfg), "calib": int(len(calib)),
                        "fp32_bytes": f32.stat().st_size, "int8_bytes": q8.stat().st_size,
                        "quantise_seconds": round(time.perf_counter() - t, 1)}
@@ -190,6 +226,9 @@ def main() -> int:
                     k = round(row["agreement_synthetic"] * len(held) + row["agreement_synthetic_seed2"] * len(held2))
                     row["agreement_synthetic_all"] = {"n": n, "agree": k, "rate": k / n, "ci95": wilson(k, n)}
                 d = np.concatenate(diffs)
+                top2 = np.sort(np.concatenate([logits_held] + ([logits_held2] if held2 is not None else [])), axis=1)
+                row["fp32_near_ties"] = {"top2_margin_below_0.1": int(np.sum(top2[:, -1] - top2[:, -2] < 0.1)),
+                                         "images": int(len(top2))}
                 row["logit_error"] = {"images": int(len(d)), "mean_abs": float(np.mean(np.abs(d))),
                                       "rms": float(np.sqrt(np.mean(d.astype(np.float64) ** 2)))}
                 if real is not None:
@@ -238,7 +277,36 @@ def main() -> int:
                                              indent=1) + "\n")
         if args.breakdown:
             Path(args.out).with_suffix(".md").write_text(breakdown_markdown(rows))
+        if args.more_held > 0:
+            out = Path(args.out)
+            out.with_name(out.stem + "_agreement.md").write_text(agreement_markdown(rows, summary, args, env))
     return 0
+
+
+def agreement_markdown(rows: list[dict], summary: dict, args, env: dict) -> str:
+    """Per setting: models >= 99% on 256 and on 768 held-out images, logit error, ratio; then per model
+    for each setting, agreement on 256 and 768 with the 95% Wilson interval."""
+    n2 = args.more_held
+    out = ["# int8 agreement with the fp32 artifact on held-out synthetic images", "",
+           f"Made by `benchmarks/int8_sweep.py {args.cache} --more-held {n2} --settings ... --out {args.out}` "
+           f"({args.calib} synthetic calibration images, seed 0; held-out: 256 images of seed 1 and {n2} of seed 2). "
+           f"Load average {env['load_start']} -> {env['load_end']} (loaded, 2 shared cores).", "",
+           "| setting | 256: >= 99% | 768: >= 99% | 768: min | 768: mean | mean abs logit error | logit rms | int8/fp32 |",
+           "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for name, s in summary.items():
+        out.append(f"| {name} | {s['synthetic_ge_99']}/{s['models']} | {s['all_ge_99']}/{s['models']} | {s['all_min']:.2%} "
+                   f"| {s['all_mean']:.2%} | {s['logit_mean_abs_mean']:.4f} | {s['logit_rms_mean']:.4f} "
+                   f"| {s['ratio_min']:.3f}-{s['ratio_max']:.3f} |")
+    for name in summary:
+        out += ["", f"## {name}", "", "| model | 256 held-out | 768 held-out | 95% interval (Wilson) | real test images "
+                "| int8 bytes | fp32 bytes | int8/fp32 |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+        for r in (r for r in rows if r["setting"] == name):
+            a = r["agreement_synthetic_all"]
+            real = f"{r['agreement_real']:.1%}" if "agreement_real" in r else "-"
+            out.append(f"| {r['model']} | {r['agreement_synthetic']:.2%} | {a['rate']:.2%} ({a['agree']}/{a['n']}) "
+                       f"| {a['ci95'][0]:.2%}-{a['ci95'][1]:.2%} | {real} | {r['int8_bytes']:,} | {r['fp32_bytes']:,} "
+                       f"| {r['int8_size_ratio']:.4f} |")
+    return "\n".join(out) + "\n"
 
 
 PART_NAMES = {
