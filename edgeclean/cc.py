@@ -35,7 +35,7 @@ from .ranks import (
     monotone, probe_ranks, rank_grids,
 )
 from .scaling import ScaleConfig, scale_mode
-from .unlearn import PatchConfig, apply_patch, hold_patch, patch_head
+from .unlearn import PatchConfig, apply_patch, patch_head
 
 
 @dataclass
@@ -54,10 +54,6 @@ class CCConfig:
     # patch the teacher's head against a trigger reverse-engineered for the scan's suspected target
     # before distilling (unlearn.py); None: distil from the unpatched suspect
     patch: PatchConfig | None = field(default_factory=PatchConfig)
-    hold_patch: bool = False  # keep the student's silenced channels / head columns at zero while distilling
-    distil_from: str = "patched"  # the teacher the student distils from: "patched" or "suspect"
-    # synthesise images from the patched teacher too: "off", "add" (to the suspect's), "replace"
-    patched_synth: str = "off"
     seed: int = 0
     progress: bool = False
 
@@ -216,7 +212,7 @@ def clean_and_compact(model: nn.Module, spec, budget_bytes: int | None = None, p
     timings["replace_s"] = time.perf_counter() - t0
 
     # 6. fine-tune (on 5., the synthetic data, made before the allocation that may measure on it)
-    ft_stats, patch_info, holds = {"steps": 0}, None, []
+    ft_stats, patch_info = {"steps": 0}, None
     if config.do_finetune:
         # the scan's suspected target class aims the patch (and any online perturbations)
         target = getattr(scan_result, "target_class", None) if getattr(scan_result, "suspected", False) else None
@@ -228,22 +224,11 @@ def clean_and_compact(model: nn.Module, spec, budget_bytes: int | None = None, p
             if patched is not None:
                 apply_patch(student, patched)
                 patch_info = asdict(patched)
-                if config.hold_patch:
-                    holds = hold_patch(student, patched)
-            if config.distil_from == "suspect":
-                kd_teacher = teacher
-            elif patched is not None and config.patched_synth != "off":
-                from .synth import SynthConfig, synthesize
-                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16(config.synth_bf16)):
-                    new = synthesize(kd_teacher, spec, len(images), SynthConfig(seed=config.seed + 2))
-                images = new if config.patched_synth == "replace" else torch.cat([images, new])
             timings["patch_s"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         ft_cfg = replace(config.finetune, seed=config.seed, progress=config.progress or config.finetune.progress)
         ft_stats = finetune(input_model(student, spec), input_model(kd_teacher, spec), images, adv_images, adv_index,
                             ft_cfg, target_class=target)
-        for h in holds:
-            h.remove()
         ft_stats["target_class"] = target
         timings["finetune_s"] = time.perf_counter() - t0
     student.eval()

@@ -56,9 +56,6 @@ class PatchConfig:
     # (VGG-11 WaNet: channels cost 6 pt and left ASR at 99.7%).
     plans: tuple[tuple[str, ...], ...] = (("channels", "head"), ("head",))
     max_channel_fraction: float = 0.1  # never prune more than this share of all BN channels
-    # how a BN channel is silenced: "zero" (gamma = beta = 0: the channel outputs 0) or "mean" (gamma = 0:
-    # the channel outputs beta, its mean on the training data, so later layers see their usual input level)
-    ablation: str = "zero"
     n_reverse: int = 128  # synthetic images the trigger is optimised on
     n_check: int = 128  # held-out synthetic images the success is measured on
     bf16: bool | None = None  # bf16 autocast while optimising the triggers; None: where the CPU has native bf16
@@ -94,7 +91,6 @@ class PatchResult:
     channels: list[list] = field(default_factory=list)  # pruned BN channels as [module name, index]
     n_channels: int = 0  # BN channels in the model
     plan: str = ""  # the plan kept, e.g. "channels+head"
-    ablation: str = "zero"  # PatchConfig.ablation the channels were silenced with
     # per plan tried: pruned counts, success after, share of held-out synthetic predictions unchanged
     candidates: list[dict] = field(default_factory=list)
 
@@ -311,8 +307,7 @@ def patch_head(net: nn.Module, model: nn.Module, images: torch.Tensor, target: i
             best = (key, cand, channels, units, after)
     restore()
     _, cand, result.channels, result.units, after = best
-    result.ablation = config.ablation
-    prune_channels(model, result.channels, config.ablation)
+    prune_channels(model, result.channels)
     prune_head_units(model, result.units)
     result.plan, result.success_after = cand["plan"], round(after, 4)
     return result
@@ -329,7 +324,7 @@ def _prune_channels_stage(net, model, bns, images, triggers, config) -> tuple[li
             for n, b in bns:
                 b.weight.copy_(saved[n][0])
                 b.bias.copy_(saved[n][1])
-        prune_channels(model, [owner[i] for i in order[:k]], config.ablation)
+        prune_channels(model, [owner[i] for i in order[:k]])
 
     limit = int(config.max_channel_fraction * len(owner))
     k, after = prune_until(net, images, triggers, prune_first, limit, config.success_below)
@@ -352,40 +347,20 @@ def _prune_head_stage(net, head, images, triggers, config) -> tuple[list[int], f
 
 
 @torch.no_grad()
-def prune_channels(model: nn.Module, channels: list, ablation: str = "zero") -> None:
-    """Silence BN channels, given as (module name, index): gamma zero, and beta zero too for "zero"
-    ablation (the channel outputs 0) or kept for "mean" ablation (it outputs its training mean)."""
+def prune_channels(model: nn.Module, channels: list) -> None:
+    """Silence BN channels, given as (module name, index): gamma and beta zero, so the channel outputs 0.
+    (Mean ablation, beta kept, needed more channels and changed more predictions: CC_NOTES section 12.)"""
     for name, j in channels:
         bn = model.get_submodule(name)
         bn.weight[j] = 0
-        if ablation == "zero":
-            bn.bias[j] = 0
+        bn.bias[j] = 0
 
 
 @torch.no_grad()
 def apply_patch(model: nn.Module, result: PatchResult) -> None:
     """Give ``model`` (e.g. the student, which keeps the teacher's module names) the teacher's patch."""
-    prune_channels(model, result.channels, result.ablation)
+    prune_channels(model, result.channels)
     prune_head_units(model, result.units)
-
-
-def hold_patch(model: nn.Module, result: PatchResult) -> list:
-    """Keep ``result``'s silenced channels and head columns at zero while ``model`` trains (their
-    gradients are masked to zero, so Adam never moves them); returns the hook handles to remove."""
-    masks: dict[nn.Parameter, torch.Tensor] = {}
-
-    def mask(p, index):
-        m = masks.setdefault(p, torch.ones_like(p))
-        m[index] = 0
-
-    for name, j in result.channels:
-        bn = model.get_submodule(name)
-        mask(bn.weight, j)
-        mask(bn.bias, j)
-    found = classifier_head(model)
-    if found is not None and result.units:
-        mask(found[1].weight, (slice(None), result.units))
-    return [p.register_hook(lambda g, m=m: g * m) for p, m in masks.items()]
 
 
 @torch.no_grad()

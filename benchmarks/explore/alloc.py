@@ -29,9 +29,6 @@ ap.add_argument("--probe", type=int, default=128, help="RankConfig.probe_images"
 ap.add_argument("--points", type=int, default=RankConfig().probe_points, help="RankConfig.probe_points")
 ap.add_argument("--fraction", type=float, default=1 / 8)
 ap.add_argument("--steps", type=int, default=None, help="FinetuneConfig.steps (default: its own)")
-ap.add_argument("--hold", action="store_true", help="CCConfig.hold_patch")
-ap.add_argument("--distil-from", default="patched", help="CCConfig.distil_from")
-ap.add_argument("--patched-synth", default="off", help="CCConfig.patched_synth")
 ap.add_argument("--n", type=int, default=512, help="synthetic images for the distillation")
 args = ap.parse_args()
 torch.set_num_threads(1)
@@ -45,10 +42,9 @@ for proxy in args.proxies:
         cfg = replace(cfg, patch=None)
     if args.steps:
         cfg = replace(cfg, finetune=replace(cfg.finetune, steps=args.steps))
-    cfg = replace(cfg, n_synthetic=args.n, hold_patch=args.hold, distil_from=args.distil_from,
-                  patched_synth=args.patched_synth)
+    cfg = replace(cfg, n_synthetic=args.n)
     t0 = time.time()
     student, rep = clean_and_compact(case.model, case.spec, budget_bytes=budget, config=cfg, scan_result=scan)
     ranks = [tuple(l["ranks"]) if l["ranks"] else None for l in rep.layers]
-    print(case.path.stem, proxy, f"steps={cfg.finetune.steps} n={args.n} patch={not args.nopatch} hold={args.hold} from={args.distil_from} psynth={args.patched_synth}", "CA/ASR", case.ev(student), f"{time.time() - t0:.0f}s", rep.timings,
+    print(case.path.stem, proxy, f"steps={cfg.finetune.steps} n={args.n} patch={not args.nopatch}", "CA/ASR", case.ev(student), f"{time.time() - t0:.0f}s", rep.timings,
           "ranks", ranks, flush=True)

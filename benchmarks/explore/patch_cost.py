@@ -18,7 +18,7 @@ from edgeclean.unlearn import PatchConfig, patch_head
 ap = argparse.ArgumentParser()
 ap.add_argument("suspects", nargs="+")
 ap.add_argument("--settings", nargs="+", default=["channels+head,128,200,1,0.3", "channels+head,64,100,1,0.3"],
-                help="plans,n_reverse,steps,bf16,success_below[,ablation] per setting (plans separated by /, stages by +, "
+                help="plans,n_reverse,steps,bf16,success_below per setting (plans separated by /, stages by +, "
                      "e.g. channels+head/head)")
 ap.add_argument("--out", default="benchmarks/results/explore_patch_cost.json")
 args = ap.parse_args()
@@ -28,8 +28,8 @@ for s in args.suspects:
     case = Case(s)
     model, spec, path, images = case.model.eval(), case.spec, case.path, case.images()
     for setting in args.settings:
-        where, n, steps, bf16, below, *ablation = setting.split(",")
-        cfg = replace(PatchConfig(), ablation=(ablation or ["zero"])[0], plans=tuple(tuple(p.split("+")) for p in where.split("/")), n_reverse=int(n),
+        where, n, steps, bf16, below = setting.split(",")
+        cfg = replace(PatchConfig(), plans=tuple(tuple(p.split("+")) for p in where.split("/")), n_reverse=int(n),
                       steps=int(steps), bf16=bool(int(bf16)), success_below=float(below))
         patched = copy.deepcopy(model).eval()
         t0 = time.time()
