@@ -227,9 +227,13 @@ def main() -> int:
                     k = round(row["agreement_synthetic"] * len(held) + row["agreement_synthetic_seed2"] * len(held2))
                     row["agreement_synthetic_all"] = {"n": n, "agree": k, "rate": k / n, "ci95": wilson(k, n)}
                 d = np.concatenate(diffs)
-                top2 = np.sort(np.concatenate([logits_held] + ([logits_held2] if held2 is not None else [])), axis=1)
-                row["fp32_near_ties"] = {"top2_margin_below_0.1": int(np.sum(top2[:, -1] - top2[:, -2] < 0.1)),
-                                         "images": int(len(top2))}
+                ref_logits = np.concatenate([logits_held] + ([logits_held2] if held2 is not None else []))
+                top2 = np.sort(ref_logits, axis=1)
+                margin = top2[:, -1] - top2[:, -2]
+                flipped = (ref_logits + d).argmax(1) != ref_logits.argmax(1)
+                row["fp32_near_ties"] = {"top2_margin_below_0.1": int(np.sum(margin < 0.1)), "images": int(len(top2)),
+                                         "flips": int(flipped.sum()),
+                                         "flip_margins": sorted(round(float(m), 4) for m in margin[flipped])}
                 row["logit_error"] = {"images": int(len(d)), "mean_abs": float(np.mean(np.abs(d))),
                                       "rms": float(np.sqrt(np.mean(d.astype(np.float64) ** 2)))}
                 if real is not None:
