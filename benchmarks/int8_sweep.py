@@ -38,6 +38,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from edgeclean.export import ExportConfig, Int8Config, export, quantize_int8, run_onnx  # noqa: E402
+from edgeclean.metrics import wilson_interval  # noqa: E402
 from export_suspects import load_cleaned  # noqa: E402
 from onnx_bytes import int8_breakdown  # noqa: E402
 
@@ -115,14 +116,6 @@ SETTINGS: dict[str, Int8Config] = {
     # GPTQ weight rounding and activation-range equalisation were measured at commit b952a03
     # (results/int8_sweep_session4.json) and removed: neither raised agreement
 }
-
-
-def wilson(k: int, n: int, z: float = 1.96) -> list[float]:
-    """95% Wilson score interval of a binomial proportion k / n (sound near 100%, unlike p +- 2 SE)."""
-    p = k / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return [float(centre - half), float(min(1.0, centre + half))]
 
 
 def calib_images(cache: Path, stem: str, n: int, model, spec) -> np.ndarray:
@@ -225,7 +218,7 @@ def main() -> int:
                     # both held-out sets together, with a 95% binomial (Wilson) interval
                     n = len(held) + len(held2)
                     k = round(row["agreement_synthetic"] * len(held) + row["agreement_synthetic_seed2"] * len(held2))
-                    row["agreement_synthetic_all"] = {"n": n, "agree": k, "rate": k / n, "ci95": wilson(k, n)}
+                    row["agreement_synthetic_all"] = {"n": n, "agree": k, "rate": k / n, "ci95": list(wilson_interval(k, n))}
                 d = np.concatenate(diffs)
                 ref_logits = np.concatenate([logits_held] + ([logits_held2] if held2 is not None else []))
                 top2 = np.sort(ref_logits, axis=1)
@@ -303,7 +296,7 @@ def agreement_markdown(rows: list[dict], summary: dict, args, env: dict) -> str:
     for name, s in summary.items():
         rs = [r for r in rows if r["setting"] == name]
         k, n = sum(r["agreement_synthetic_all"]["agree"] for r in rs), sum(r["agreement_synthetic_all"]["n"] for r in rs)
-        lo, hi = wilson(k, n)
+        lo, hi = wilson_interval(k, n)
         out.append(f"| {name} | {s['synthetic_ge_99']}/{s['models']} | {s['all_ge_99']}/{s['models']} | {s['all_min']:.2%} "
                    f"| {s['all_mean']:.2%} | {n - k}/{n}: {k / n:.2%} ({lo:.2%}-{hi:.2%}) | {s['logit_mean_abs_mean']:.4f} "
                    f"| {s['logit_rms_mean']:.4f} | {s['ratio_min']:.3f}-{s['ratio_max']:.3f} |")

@@ -22,6 +22,14 @@ from .errors import UserError
 # --------------------------------------------------------------------------- pure arithmetic
 
 
+def wilson_interval(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95% Wilson score interval of a binomial proportion k / n (sound near 100%, unlike p +- 2 SE)."""
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return float(centre - half), float(min(1.0, centre + half))
+
+
 def accuracy(pred: np.ndarray, labels: np.ndarray) -> float:
     pred, labels = np.asarray(pred), np.asarray(labels)
     return float((pred == labels).mean()) if labels.size else float("nan")

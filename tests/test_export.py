@@ -160,7 +160,8 @@ def test_int8_quantisation(tmp_path):
     assert info["int8_bytes"] < 0.4 * info["fp32_bytes"]
     agreement = info["int8_agreement"]
     assert agreement["calibration"]["gated"] and not agreement["seeded_noise"]["gated"]
-    assert 0.5 <= agreement["calibration"]["top1_agreement"] <= 1.0
+    lo, hi = agreement["calibration"]["ci95"]
+    assert lo <= agreement["calibration"]["top1_agreement"] <= hi and hi >= 0.5  # what the gate let through
     assert 0.0 <= agreement["seeded_noise"]["top1_agreement"] <= 1.0
     # the reported agreement is what onnxruntime gives on those inputs
     a = ort_run(out.with_suffix(".fp32.onnx"), calib).argmax(1)
@@ -397,3 +398,19 @@ def test_cross_layer_equalisation_keeps_fp32_and_equalises_ranges(tmp_path):
     assert np.max(np.abs(run_onnx(q, x) - ref)) < 0.2 * np.max(np.abs(ref))
     with pytest.raises(UserError, match="equalize"):
         quantize_int8(fp32, q, calib, Int8Config(equalize="all"))
+
+
+def test_int8_gate_fails_on_a_shown_shortfall_and_writes_nothing(tmp_path):
+    from edgeclean.metrics import wilson_interval
+
+    assert wilson_interval(31, 32)[1] > 0.99  # one near-tie flip in 32 images is no evidence of < 99%
+    assert wilson_interval(250, 256)[1] < 0.99  # six in 256 are
+    lo, hi = wilson_interval(254, 256)
+    assert lo < 254 / 256 < hi and wilson_interval(256, 256)[1] == 1.0
+    torch.manual_seed(0)
+    model = randomize_bn(create_model("tiny_cnn", num_classes=10, in_channels=3, width=4.0))
+    calib = np.random.default_rng(5).random((32, 3, 16, 16), dtype=np.float32)
+    out = tmp_path / "q.onnx"
+    with pytest.raises(GateFailed, match="95% interval"):  # no interval reaches past 100%
+        export(model, SPEC, out, precision="int8", calib=calib, config=ExportConfig(int8_min_agreement=1.001))
+    assert list(tmp_path.iterdir()) == []
