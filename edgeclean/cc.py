@@ -220,7 +220,8 @@ def clean_and_compact(model: nn.Module, spec, budget_bytes: int | None = None, p
         if config.patch is not None and target is not None:
             t0 = time.perf_counter()
             kd_teacher = copy.deepcopy(teacher).eval()
-            patched = patch_head(input_model(kd_teacher, spec), kd_teacher, images, target, config.patch)
+            patched = patch_head(input_model(kd_teacher, spec), kd_teacher, images, target, config.patch,
+                                 known=scan_triggers(scan_result, spec, target))
             if patched is not None:
                 apply_patch(student, patched)
                 patch_info = asdict(patched)
@@ -264,6 +265,27 @@ def report_spectra(raw: dict, layers: list[dict], scale: ScaleConfig, limit: int
                         "values": [round(float(v), 4) for v in normalise(raw[name][mode].numpy(), scale.norm)],
                         "scaled": (by_name[name]["scaled"].get(mode) or {}).get("indices", []), "threshold": scale.tau})
     return out[:limit]
+
+
+def scan_triggers(scan_result, spec, target: int) -> list:
+    """Triggers the scan found itself, as ``unlearn.Trigger``: the stripe grating that moved most
+    synthetic images into ``target`` (a SIG-like trigger the mask / additive reverse engineering
+    does not reproduce well: CC_NOTES section 12)."""
+    from .probe import GratingConfig, gratings
+    from .unlearn import Trigger
+
+    pattern = getattr(scan_result, "grating_pattern", None)
+    if not pattern or getattr(scan_result, "grating_target", None) != target:
+        return []
+    grating = (scan_result.config or {}).get("grating") or {}
+    cfg = GratingConfig(**{k: v for k, v in grating.items() if k in GratingConfig.__dataclass_fields__})
+    _, h, w = spec.input_shape
+    atoms, meta = gratings(h, w, cfg.max_freq, cfg.phases)
+    key = (pattern[0], int(pattern[1]), int(pattern[2]))
+    if key not in meta:
+        return []
+    delta = cfg.amplitude * atoms[meta.index(key)].expand(1, spec.input_shape[0], h, w)
+    return [Trigger("grating", target, float("nan"), delta=delta.clone())]
 
 
 @torch.no_grad()

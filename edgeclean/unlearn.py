@@ -245,14 +245,15 @@ def prune_until(net: nn.Module, images: torch.Tensor, triggers: list[Trigger], p
 
 
 def patch_head(net: nn.Module, model: nn.Module, images: torch.Tensor, target: int,
-               config: PatchConfig = PatchConfig()) -> PatchResult | None:
+               config: PatchConfig = PatchConfig(), known: list[Trigger] | tuple = ()) -> PatchResult | None:
     """Reverse-engineer triggers for ``target`` on ``images`` and prune ``model`` in place (BatchNorm
     channels and/or classifier-head inputs, by the best of ``config.plans``) until they are silenced.
 
     ``net`` is ``model`` as a function of raw inputs (``load.input_model``). Returns None when the
     model has neither an ``nn.Linear`` head nor BN layers. Half of the images (``n_reverse``) fit the
     triggers, the rest (``n_check``) measure their success and how many predictions a plan changes,
-    so pruning is judged on images the triggers never saw.
+    so pruning is judged on images the triggers never saw. ``known`` triggers (e.g. the stripe
+    grating the scan found, ``scan_triggers``) are measured and used like the reverse-engineered ones.
     """
     found = classifier_head(model)
     bns = named_bn2d(model) if any("channels" in p for p in config.plans) else []
@@ -264,6 +265,8 @@ def patch_head(net: nn.Module, model: nn.Module, images: torch.Tensor, target: i
     if len(check) == 0:
         fit, check = images[: len(images) // 2], images[len(images) // 2:]
     found_triggers = [reverse_trigger(net, fit, target, kind, config) for kind in config.kinds]
+    for t in known:
+        found_triggers.append(Trigger(t.kind, target, success_rate(net, fit, t), t.mask, t.pattern, t.delta))
     held = [success_rate(net, check, t) for t in found_triggers]
     triggers = [t for t, s in zip(found_triggers, held) if s >= config.shortcut]
     info = [{"kind": t.kind, "size": round(t.size(), 3), "success_fit": round(t.success, 3),

@@ -136,3 +136,37 @@ def test_channel_patch_silences_the_real_trigger_and_the_student_gets_it():
         assert (teacher(held).argmax(1) == y).float().mean() > 0.7  # 0.82 measured
         apply_patch(student, result)  # same module names: the student silences the same channels
         assert torch.equal(student(held), teacher(held))
+
+
+def test_a_known_trigger_is_used_without_reverse_engineering(model):
+    from edgeclean.unlearn import Trigger
+
+    net = copy.deepcopy(model)
+    x, _ = clean_images(256, 3)
+    held, y = clean_images(256, 5)
+    mask = torch.zeros(1, 1, 8, 8)
+    mask[:, :, 5:7, 5:7] = 1.0
+    known = Trigger("mask", TARGET, float("nan"), mask=mask, pattern=torch.ones(1, 1, 8, 8))  # the real stamp
+    result = patch_head(net, net, x, TARGET, PatchConfig(kinds=(), n_reverse=128, n_check=128, success_below=0.3),
+                        known=[known])
+    assert [t["kind"] for t in result.triggers] == ["mask"] and result.triggers[0]["used"]
+    assert result.success_before > 0.9 and result.success_after < 0.3
+    assert real_asr(net, held, y) < 0.3
+
+
+def test_scan_triggers_rebuild_the_scans_grating():
+    from types import SimpleNamespace
+
+    from edgeclean.cc import scan_triggers
+    from edgeclean.load import ModelSpec
+    from edgeclean.probe import gratings
+
+    spec = ModelSpec(arch="x", arch_kwargs={}, num_classes=3, input_shape=(1, 8, 8))
+    cfg = {"grating": {"amplitude": 0.3, "max_freq": 0.25, "phases": 4}}
+    scan = SimpleNamespace(grating_pattern=["x", 2, 1], grating_target=TARGET, config=cfg)
+    (t,) = scan_triggers(scan, spec, TARGET)
+    atoms, meta = gratings(8, 8, 0.25, 4)
+    torch.testing.assert_close(t.delta[0, 0], 0.3 * atoms[meta.index(("x", 2, 1))])
+    assert t.target == TARGET
+    assert scan_triggers(scan, spec, 0) == []  # the grating pointed elsewhere: nothing to add
+    assert scan_triggers(SimpleNamespace(grating_pattern=None), spec, TARGET) == []
