@@ -9,7 +9,9 @@ synthetic images C&C reuses) is timed separately from the C&C stage itself.
 
 Measured idle (no other job), 2026-11-22, teacher patch included (CC_NOTES section 11): C&C stage
 844.6 s with the cifar stem (synthesis 209.0, patch 317.3, distillation 317.3), 128.6 s with the
-imagenet stem (41.9, 36.5, 49.2).
+imagenet stem (41.9, 36.5, 49.2). Session 4, with the measured rank proxy (CC_NOTES section 13):
+imagenet stem 169.7 s (synthesis 44.5, allocation 23.3, patch 39.1, distillation 61.7); the cifar
+stem was not re-measured.
 """
 
 from __future__ import annotations
