@@ -231,6 +231,9 @@ def _full(layer: LayerSpectrum) -> tuple[int, int]:
     return min(layer.c_in, layer.c_out * kk), min(layer.c_out, layer.c_in * kk)
 
 
+_HERE = object()  # _State.ranks / cost: "the layer's current position" (None means dense)
+
+
 class _State:
     """One layer's position in the greedy search: dense, or an index into each mode's grid."""
 
@@ -240,11 +243,12 @@ class _State:
         self.dense_cost = conv_bytes(layer.c_in, layer.c_out, layer.kernel, precision)
         self.idx: tuple[int, int] | None = None  # None = dense
 
-    def ranks(self, idx=None):
-        idx = self.idx if idx is None else idx
+    def ranks(self, idx=_HERE):
+        """Ranks at ``idx`` (default: where the layer is now); None = dense."""
+        idx = self.idx if idx is _HERE else idx
         return None if idx is None else (self.grid_in[idx[0]], self.grid_out[idx[1]])
 
-    def cost(self, idx=None) -> float:
+    def cost(self, idx=_HERE) -> float:
         r = self.ranks(idx)
         return self.dense_cost if r is None else conv_bytes(self.layer.c_in, self.layer.c_out, self.layer.kernel, self.precision, r)
 
@@ -342,11 +346,10 @@ def _refill(states: dict, slack: float) -> None:
         for s in states.values():
             here_cost, here_loss = s.cost(), layer_loss(s.layer, s.ranks())
             for idx in s.up_moves():
-                cost = s.dense_cost if idx is None else s.cost(idx)
-                added = cost - here_cost
+                added = s.cost(idx) - here_cost
                 if added <= 0 or added > slack:
                     continue
-                gain = here_loss - (0.0 if idx is None else layer_loss(s.layer, s.ranks(idx)))
+                gain = here_loss - layer_loss(s.layer, s.ranks(idx))
                 if best is None or gain / added > best[0]:  # a flat stretch of a curve (gain 0) still gets spare bytes
                     best = (gain / added, s, idx, added)
         if best is None:
