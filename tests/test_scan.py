@@ -45,6 +45,17 @@ from edgeclean.zoo import create_model
 SPEC = ModelSpec(arch="tiny_cnn", num_classes=10, input_shape=(1, 12, 12), mean=(0.3,), std=(0.35,))
 
 
+def _fit(model, net, x, y, steps):
+    """Full-batch Adam (lr 0.02) on cross-entropy of ``net`` (``model``, maybe wrapped); returns ``model`` in eval mode."""
+    opt = torch.optim.Adam(model.parameters(), lr=0.02)
+    model.train()
+    for _ in range(steps):
+        opt.zero_grad()
+        F.cross_entropy(net(x), y).backward()
+        opt.step()
+    return model.eval()
+
+
 def _data(n=256, seed=0):
     """Structured images: a bright square whose position encodes the class (0..9)."""
     g = torch.Generator().manual_seed(seed)
@@ -72,14 +83,7 @@ def trained(one_thread):
     model = create_model("tiny_cnn", num_classes=10, in_channels=1, width=2.0)
     net = input_model(model, SPEC)
     x, y = _data()
-    opt = torch.optim.Adam(model.parameters(), lr=0.02)
-    model.train()
-    for _ in range(40):
-        opt.zero_grad()
-        F.cross_entropy(net(x), y).backward()
-        opt.step()
-    model.eval()
-    return model
+    return _fit(model, net, x, y, 40)
 
 
 def test_synthesis_lowers_bn_loss_and_stays_in_range(trained):
@@ -112,11 +116,7 @@ def test_model_without_batchnorm_fallback_and_error():
     model = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(4), nn.Flatten(), nn.Linear(128, 10))
     spec = ModelSpec(arch="x", num_classes=10, input_shape=(1, 12, 12))
     x, y = _data()
-    opt = torch.optim.Adam(model.parameters(), lr=0.02)
-    for _ in range(40):
-        opt.zero_grad()
-        F.cross_entropy(model(x), y).backward()
-        opt.step()
+    _fit(model, model, x, y, 40)
     with pytest.raises(UserError, match="no BatchNorm"):
         synthesize(model, spec, 4, SynthConfig(iterations=2, no_bn="error"))
     images, stats = synthesize(model, spec, 20, SynthConfig(iterations=40), return_stats=True)
@@ -176,13 +176,7 @@ def backdoored(one_thread):
     net = input_model(model, SPEC)
     x, y = _data(300, seed=1)
     x[:60], y[:60] = (x[:60] + _pattern()).clamp(0, 1), 7
-    opt = torch.optim.Adam(model.parameters(), lr=0.02)
-    model.train()
-    for _ in range(60):
-        opt.zero_grad()
-        F.cross_entropy(net(x), y).backward()
-        opt.step()
-    return model.eval()
+    return _fit(model, net, x, y, 60)
 
 
 @pytest.mark.parametrize("norm,eps", [("linf", 0.1), ("l2", 1.0)])
@@ -333,13 +327,7 @@ def _grating_model(trigger: bool):
     x[:130] = (x[:130] + 0.3 * atoms[pick].unsqueeze(1)).clamp(0, 1)
     if trigger:
         x[130:210], y[130:210] = (x[130:210] + 0.3 * atoms[planted]).clamp(0, 1), 4
-    opt = torch.optim.Adam(model.parameters(), lr=0.02)
-    model.train()
-    for _ in range(80):
-        opt.zero_grad()
-        F.cross_entropy(net(x), y).backward()
-        opt.step()
-    return model.eval()
+    return _fit(model, net, x, y, 80)
 
 
 @pytest.fixture(scope="module")
