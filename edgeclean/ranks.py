@@ -193,7 +193,7 @@ def layer_loss(layer: LayerSpectrum, ranks: tuple[int, int] | None) -> float:
     return _lost(layer.s_in, ranks[0]) + _lost(layer.s_out, ranks[1])
 
 
-def rank_grids(layer: LayerSpectrum, config: "RankConfig") -> tuple[list[int], list[int]]:
+def rank_grids(layer: LayerSpectrum, config: RankConfig) -> tuple[list[int], list[int]]:
     """The ranks the allocator may give each mode (r_in grid, r_out grid), descending."""
     full_in, full_out = _full(layer)
     grid_in = _grid(full_in, config)
