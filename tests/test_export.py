@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import onnx
@@ -35,6 +36,13 @@ SPEC = ModelSpec(arch="tiny_cnn", input_shape=(3, 16, 16), mean=(0.5, 0.4, 0.3),
 
 def ops(path):
     return [n.op_type for n in onnx.load(str(path)).graph.node]
+
+
+def weight_scale(proto, module):
+    """The scale initializer of ``module``'s int8 weight: the DequantizeLinear that reads '<module>.w'."""
+    inits = {t.name: t for t in proto.graph.initializer}
+    dq = next(n for n in proto.graph.node if n.op_type == "DequantizeLinear" and n.input[0] == f"{module}.w")
+    return inits[dq.input[1]]
 
 
 def ort_run(path, x):
@@ -153,7 +161,9 @@ def test_int8_quantisation(tmp_path):
     assert "QuantizeLinear" in kinds and "DequantizeLinear" in kinds
     # per-channel int8 weights: one scale per output channel of the 3->32 and 32->64 convs
     proto = onnx.load(str(out))
-    scales = sorted(tuple(i.dims) for i in proto.graph.initializer if i.name.endswith(".scale"))
+    inits = {t.name: t for t in proto.graph.initializer}
+    scales = sorted(tuple(inits[n.input[1]].dims) for n in proto.graph.node
+                    if n.op_type == "DequantizeLinear" and n.input[0] in inits and len(inits[n.input[0]].dims) == 4)
     assert (32,) in scales and (64,) in scales
     assert out.with_suffix(".fp32.onnx").exists() and out.with_suffix(".ort").exists()
     assert info["int8_bytes"] == out.stat().st_size
@@ -254,26 +264,77 @@ def test_int8_compact_format_changes_no_output(tmp_path):
     proto = onnx.load(str(ours))
     onnx.checker.check_model(proto, full_check=True)
     assert len(proto.metadata_props) == 0
-    nodes = {n.name: n for n in proto.graph.node}
-    w_dq = nodes["conv2.1/wDQ"]  # the middle factor conv's weight, named after the module
-    assert w_dq.op_type == "DequantizeLinear" and len(w_dq.input) == 2  # zero point 0 by default
-    assert {"conv1/Q", "conv1/DQ", "input/Div/Q"} <= set(nodes)
+    nodes = {n.name: n for n in proto.graph.node if n.name}
+    w_dq = next(n for n in proto.graph.node if n.op_type == "DequantizeLinear" and n.input[0] == "conv2.1.w")
+    assert len(w_dq.input) == 2  # zero point 0 by default
+    # Q/DQ nodes are unnamed; compute nodes keep their module paths
+    assert all(not n.name for n in proto.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear"))
+    assert {"conv1/Conv", "conv2.0/Conv", "conv2.1/Conv", "conv2.2/Conv", "fc/Gemm", "input/Sub"} <= set(nodes)
+    # every tensor but the graph's input/output and the layers' weights/biases has a 1-2 character name
+    named = {t.name for t in proto.graph.initializer} | {x for n in proto.graph.node for x in [*n.input, *n.output]}
+    assert all(len(x) <= 2 or x in ("input", "logits") or x.endswith((".w", ".b")) for x in named)
+    assert not proto.producer_name and proto.graph.name == "g"
     assert [o.domain for o in proto.opset_import] == [""]  # none of the quantiser's unused domains
     # attributes at their operator default are not written (strides 1, group 1, no padding, ...)
     attrs = {n.name: {a.name for a in n.attribute} for n in proto.graph.node}
-    assert attrs["conv2.0/Conv"] == {"kernel_shape"}  # a 1x1, stride 1, unpadded conv
-    assert attrs["conv2.1/Conv"] == {"kernel_shape", "pads"}
+    assert attrs["conv2.0/Conv"] == set()  # a 1x1, stride 1, unpadded conv: kernel_shape is the weight's
+    assert attrs["conv2.1/Conv"] == {"pads"}
     assert list(nodes["input/Sub"].input)[0] == "input"  # the normalisation stays float
     assert sum(n.op_type == "Conv" for n in proto.graph.node) == 4  # the 3-conv block stays three
     inits = {t.name: t for t in proto.graph.initializer}
-    assert inits["conv2.2.bias"].data_type == onnx.TensorProto.FLOAT
-    assert inits["conv2.1.weight"].data_type == onnx.TensorProto.INT8
+    assert inits["conv2.2.b"].data_type == onnx.TensorProto.FLOAT
+    assert inits["conv2.1.w"].data_type == onnx.TensorProto.INT8
 
     so = ort.SessionOptions()
     so.optimized_model_filepath = str(tmp_path / "opt.onnx")
     ort.InferenceSession(str(ours), so, providers=["CPUExecutionProvider"])
     fused = [n for n in onnx.load(str(tmp_path / "opt.onnx")).graph.node if n.op_type == "QLinearConv"]
     assert {n.name.split("/")[0] for n in fused} >= {"conv2.0", "conv2.1", "conv2.2"}
+
+
+def test_compact_changes_no_output_and_is_idempotent(tmp_path):
+    """``compact`` (run on both artifacts) on onnxruntime's raw QDQ output and on a raw torch export:
+    bit-identical outputs, checker clean, smaller, every Conv's kernel_shape gone (it is the weight's),
+    and a second pass changes nothing."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    from edgeclean.export import compact
+
+    torch.manual_seed(0)
+    model = randomize_bn(ThreeConvNet())
+    raw32 = tmp_path / "raw32.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(input_model(model, SPEC).eval(), (torch.rand(2, 3, 8, 8),), str(raw32), dynamo=False,
+                          opset_version=17, input_names=["input"], output_names=["logits"],
+                          dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
+    calib = np.random.default_rng(3).random((16, 3, 8, 8), dtype=np.float32)
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.items = iter([{"input": calib}])
+
+        def get_next(self):
+            return next(self.items, None)
+
+    raw8 = tmp_path / "raw8.onnx"
+    quantize_static(str(raw32), str(raw8), Reader(), quant_format=QuantFormat.QDQ, activation_type=QuantType.QInt8,
+                    weight_type=QuantType.QInt8, per_channel=True)
+    x = np.random.default_rng(4).random((8, 3, 8, 8), dtype=np.float32)
+    for raw in (raw32, raw8):
+        proto = onnx.load(str(raw))
+        proto.ir_version = min(proto.ir_version, 13)
+        done = compact(proto)
+        onnx.checker.check_model(proto, full_check=True)
+        assert done["kernel_shapes"] == 4 and done["renamed"] > 0
+        assert not any(a.name == "kernel_shape" for n in proto.graph.node if n.op_type == "Conv" for a in n.attribute)
+        small = tmp_path / f"c_{raw.name}"
+        onnx.save(proto, str(small))
+        np.testing.assert_array_equal(ort_run(small, x), ort_run(raw, x))
+        assert small.stat().st_size < raw.stat().st_size
+        again = onnx.load(str(small))
+        compact(again)
+        assert again.SerializeToString() == proto.SerializeToString()
 
 
 def _three_conv_fp32(tmp_path):
@@ -296,10 +357,10 @@ def test_int8_per_tensor_small_layers_and_float_ends(tmp_path):
     proto = onnx.load(str(q))
     onnx.checker.check_model(proto, full_check=True)
     inits = {t.name: t for t in proto.graph.initializer}
-    assert list(inits["conv2.0.scale"].dims) == [] and list(inits["conv2.1.scale"].dims) == []  # 4, 5 ch
-    assert list(inits["conv2.2.scale"].dims) == [16]  # 16 channels: per channel
-    assert inits["conv2.1.weight"].data_type == onnx.TensorProto.INT8
-    for name in ("conv1.weight", "fc.weight"):  # left float, no DQ in front
+    assert list(weight_scale(proto, "conv2.0").dims) == [] and list(weight_scale(proto, "conv2.1").dims) == []  # 4, 5 ch
+    assert list(weight_scale(proto, "conv2.2").dims) == [16]  # 16 channels: per channel
+    assert inits["conv2.1.w"].data_type == onnx.TensorProto.INT8
+    for name in ("conv1.w", "fc.w"):  # left float, no DQ in front
         assert inits[name].data_type == onnx.TensorProto.FLOAT
     assert sum(n.op_type == "Conv" for n in proto.graph.node) == 4
     x = np.random.default_rng(4).random((8, 3, 8, 8), dtype=np.float32)
@@ -328,8 +389,7 @@ def test_int8_shared_zero_points_change_no_output(tmp_path):
     zps = {n.input[2] for n in g.node if n.op_type in ("QuantizeLinear", "DequantizeLinear") and len(n.input) > 2
            and not inits[n.input[2]].dims}  # activations' (weights' are per channel)
     values = [int(numpy_helper.to_array(inits[z])) for z in zps]
-    assert len(values) == len(set(values))  # one initializer per distinct value ...
-    assert all(z == f"zp_{v}" for z, v in zip(zps, values))  # ... named by it
+    assert len(values) == len(set(values))  # one initializer per distinct value
     assert shared.stat().st_size < apart.stat().st_size
 
 
@@ -356,12 +416,11 @@ def test_int8_default_keeps_classifier_float(tmp_path):
     assert info["config"]["int8"]["calibrate_method"] == "minmax"
     g = onnx.load(str(out)).graph
     inits = {t.name: t for t in g.initializer}
-    assert inits["fc.weight"].data_type == onnx.TensorProto.FLOAT
-    assert inits["conv2.1.weight"].data_type == onnx.TensorProto.INT8
-    assert list(inits["conv2.2.scale"].dims) == [16]  # per channel
-    assert any(t.startswith("zp_") for t in inits)
+    assert inits["fc.w"].data_type == onnx.TensorProto.FLOAT
+    assert inits["conv2.1.w"].data_type == onnx.TensorProto.INT8
+    assert list(weight_scale(onnx.load(str(out)), "conv2.2").dims) == [16]  # per channel
     gemm = next(n for n in g.node if n.op_type == "Gemm")
-    assert gemm.name == "fc/Gemm" and gemm.input[1] == "fc.weight"  # no DQ in front of the float classifier
+    assert gemm.name == "fc/Gemm" and gemm.input[1] == "fc.w"  # no DQ in front of the float classifier
 
 
 def test_cross_layer_equalisation_keeps_fp32_and_equalises_ranges(tmp_path):
@@ -386,7 +445,7 @@ def test_cross_layer_equalisation_keeps_fp32_and_equalises_ranges(tmp_path):
     assert np.max(np.abs(got - ref)) <= 1e-5 * max(1.0, float(np.max(np.abs(ref))))
     w = {t.name: numpy_helper.to_array(t) for t in proto.graph.initializer}
     nodes = {n.name: n for n in proto.graph.node}
-    assert any(not np.allclose(before[k], w[k]) for k in ("conv2.0.weight", "conv2.1.weight", "conv2.2.weight"))
+    assert any(not np.allclose(before[k], w[k]) for k in ("conv2.0.w", "conv2.1.w", "conv2.2.w"))
     for a, b in pairs:
         r1, r2 = out_channel_ranges(w[nodes[a].input[1]]), in_channel_ranges(w[nodes[b].input[1]])
         np.testing.assert_allclose(r1, r2, rtol=1e-3)
