@@ -13,7 +13,10 @@ about (they pull against each other: a layer kept float costs bytes):
 Agreement is measured on the 256 held-out synthetic images (synthesis seed 1; calibration used seed
 0), as export_suspects.py does, and with ``--more-held 512`` on 512 more (seed 2): the 768 together
 get a 95% Wilson interval and the mean |int8 - fp32| logit error, a far less noisy figure than the
-flips (``<out>_agreement.md``; ``--markdown RESULT.json`` rewrites it). The setting "int8 weights
+flips (``<out>_agreement.md``; ``--markdown RESULT.json`` rewrites it; ``--compare BEFORE.json
+AFTER.json`` tabulates the bytes of two sweeps and whether their outputs are identical). The cached
+fp32 file is first brought to the current format (``export.compact``, bit-identical logits checked),
+so the ratio is the one the export stage gives now. The setting "int8 weights
 only (float activations)" rounds the fp32 file's conv weights to the int8 grid and keeps everything
 else float, to split the error. Real test images are never used for calibration, only reported
 (``--real-limit``). ``--calib N`` with N above the cached 64 synthesises more calibration images
@@ -118,6 +121,22 @@ SETTINGS: dict[str, Int8Config] = {
 }
 
 
+def current_format(f32: Path, out: Path, x: np.ndarray) -> Path:
+    """The cached fp32 file in the format the export stage writes now (``export.compact``: an older
+    cache has longer names and more attributes), so that int8 / fp32 compares like with like; the
+    compacted copy must give bit-identical logits."""
+    import onnx
+
+    from edgeclean.export import compact
+
+    proto = onnx.load(str(f32))
+    compact(proto)
+    onnx.save(proto, str(out))
+    if not np.array_equal(run_onnx(f32, x), run_onnx(out, x)):
+        raise SystemExit(f"{f32}: compacting changed the fp32 outputs")
+    return out
+
+
 def calib_images(cache: Path, stem: str, n: int, model, spec) -> np.ndarray:
     base = np.load(cache / f"{stem}.calib.npy")
     if n <= len(base):
@@ -152,7 +171,30 @@ def real_images(card: dict, limit: int):
     return np.asarray(ds.x[:limit], dtype=np.float32)
 
 
+def compare_markdown(before: dict, after: dict, setting: str = "default") -> str:
+    """Per model: int8 / fp32 bytes and ratio in two saved sweeps of one setting, and whether every
+    output-derived figure (agreement on 256 / 512 / real images, logit error) is identical."""
+    old = {r["model"]: r for r in before["rows"] if r["setting"] == setting}
+    new = [r for r in after["rows"] if r["setting"] == setting]
+    keys = ("agreement_synthetic", "agreement_synthetic_seed2", "agreement_real", "logit_error")
+    out = [f"| model | fp32 before | int8 before | ratio before | fp32 after | int8 after | ratio after | <= 0.27 "
+           "| 768 agreement | outputs identical |", "|---|---:|---:|---:|---:|---:|---:|:-:|---:|:-:|"]
+    for r in new:
+        o = old[r["model"]]
+        same = all(o.get(k) == r.get(k) for k in keys)
+        a = r["agreement_synthetic_all"]
+        out.append(f"| {r['model']} | {o['fp32_bytes']:,} | {o['int8_bytes']:,} | {o['int8_size_ratio']:.4f} "
+                   f"| {r['fp32_bytes']:,} | {r['int8_bytes']:,} | {r['int8_size_ratio']:.4f} "
+                   f"| {'yes' if r['int8_size_ratio'] <= 0.27 else 'no'} | {a['rate']:.2%} | {'yes' if same else 'NO'} |")
+    return "\n".join(out) + "\n"
+
+
 def main() -> int:
+    if "--compare" in sys.argv:  # --compare BEFORE.json AFTER.json [SETTING]: bytes before/after, same outputs?
+        i = sys.argv.index("--compare")
+        before, after = (json.loads(Path(p).read_text()) for p in sys.argv[i + 1:i + 3])
+        print(compare_markdown(before, after, *sys.argv[i + 3:i + 4]), end="")
+        return 0
     if "--markdown" in sys.argv:  # --markdown RESULT.json: (re)write RESULT_agreement.md from a saved sweep
         path = Path(sys.argv[sys.argv.index("--markdown") + 1])
         d = json.loads(path.read_text())
@@ -185,6 +227,7 @@ def main() -> int:
             f32 = cache / f"{stem}.fp32.onnx"
             if not f32.exists():
                 export(model, spec, f32, config=ExportConfig(write_ort=False))
+            f32 = current_format(f32, Path(tmp) / f"{stem}.fp32.onnx", np.load(cache / f"{stem}.held.npy"))
             calib = calib_images(cache, stem, args.calib, model, spec)
             held = np.load(cache / f"{stem}.held.npy")
             real = real_images(card, args.real_limit)
