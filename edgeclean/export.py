@@ -34,8 +34,10 @@ ORT_MAX_IR_VERSION = 13
 # float bias cost the same whatever its width. On the suite (benchmarks/results/export_suspects_curve.md):
 # 0.256-0.258 dense (2.3-2.8 MB), 0.265-0.274 at 1.0-1.35 MB, 0.282-0.295 at 0.56-0.67 MB, 0.315-0.345 at
 # ~0.3 MB (where int8 weights + float biases + compute nodes alone are 0.27-0.29 of the fp32 file:
-# results/export_suspects_int8_breakdown.md) and 0.39-0.47 at ~0.15 MB. Callers with a better estimate
-# (ranks.estimate_bytes) pass it.
+# results/export_suspects_int8_breakdown.md) and 0.39-0.47 at ~0.15 MB. Those were measured before
+# ``compact`` (session 5), which takes 0.004-0.005 off at ~1.15 MB (ResNet-18 int8-budget models 0.2743
+# -> 0.2693-0.2697) and 0.011-0.021 at ~0.3 MB (0.315-0.345 -> 0.304-0.325): results/int8_compact.md.
+# Callers with a better estimate (ranks.estimate_bytes) pass it.
 INT8_SIZE_RATIO = 0.27
 
 
@@ -54,7 +56,7 @@ class Int8Config:
 
     | setting (results/int8_sweep_final_agreement.md)  | 256: >=99% | 768: >=99% (min) | logit err | int8/fp32   |
     |--------------------------------------------------|------------|------------------|-----------|-------------|
-    | **default**: MinMax, per channel, classifier fp32 | 10/12      | 11/12 (98.96%)   | 0.0710    | 0.315-0.345 |
+    | **default**: MinMax, per channel, classifier fp32 | 10/12      | 11/12 (98.96%)   | 0.0710    | 0.304-0.325 |
     | MinMax, classifier int8 (session-2 default)       | 8/12       | 8/12 (98.05%)    | 0.0807    | 0.303-0.336 |
     | + CLE inside the factorised blocks ("linear")     | 9/12       | 9/12 (98.70%)    | 0.0697    | 0.315-0.345 |
     | + CLE also across ReLUs ("relu")                  | 9/12       | 10/12 (98.31%)   | 0.0698    | 0.315-0.346 |
@@ -63,7 +65,8 @@ class Int8Config:
     | GPTQ weight rounding (+ CLE linear)               | 8/12 (9)   | 8/12 (8)         | 0.068 (0.067) | as default |
     | CLE on activation ranges (alpha 0.5-1)            | 7-11/12    | 6-10/12          | 0.070-0.095 | as default |
 
-    The last two were measured at commit b952a03 (results/int8_sweep_session4_agreement.md) and
+    The ratios other than the default's were measured before ``compact`` (session 5), which takes
+    0.011-0.021 off every row (same outputs). The last two were measured at commit b952a03 (results/int8_sweep_session4_agreement.md) and
     removed. Earlier sessions (same 256 images): moving-average MinMax 9/12, Entropy = MinMax (128
     histogram bins for 128 quantised bins: identical scales), percentile 99.999 / 99.99 7/12, 5/12,
     symmetric activations 5/12, first conv fp32 5/12, int32 biases 8/12, 256 calibration images 5/12.
@@ -84,9 +87,18 @@ class Int8Config:
 
     On the same suspects cleaned for an int8 artifact of 1/8 of the original fp32 file (``edgeclean
     run --precision int8``: bigger models, fp32 1.03-1.18 MB) agreement is lower: 6/12 >= 99% on 256,
-    7/12 on 768 (min 98.05%; pooled 99.00%, interval 98.78-99.19%), at ratios 0.266 (VGG-11) and 0.274
-    (ResNet-18) (results/int8_sweep_int8budget_agreement.md; CLE relu there: 8/12, 8/12, pooled 99.09%,
-    logit error -6%).
+    7/12 on 768 (min 98.05%; pooled 99.00%, interval 98.78-99.19%), at ratios 0.2639-0.2640 (VGG-11) and
+    0.2693-0.2697 (ResNet-18): 12/12 <= 0.27 since ``compact`` (session 5; 0.266 and 0.274 before, the
+    same outputs: results/int8_compact.md) (results/int8_sweep_int8budget_agreement.md; CLE relu there:
+    8/12, 8/12, pooled 99.09%, logit error -6%).
+
+    File format (session 5, ``compact`` on both artifacts, no output value changed): Q/DQ nodes
+    unnamed, every tensor but the graph input/output and the layers' weights/biases ('<module>.w',
+    '<module>.b') named with 1-2 characters (most used first), Conv kernel_shape left to the weight,
+    no attribute at its default, no tool metadata. What is left of the overhead on the int8-budget
+    ResNet-18 (results/int8_compact_breakdown.md): int8 weights 0.2475 of the fp32
+    file, per-channel weight scales 0.0059, float biases 0.0047, float classifier 0.0045, Q/DQ nodes
+    0.0038 (108, mostly their op_type strings and per-channel ``axis``), compute nodes 0.0022.
     """
 
     calibrate_method: str = "minmax"  # "minmax", "entropy" or "percentile" (onnxruntime CalibrationMethod)
@@ -775,8 +787,8 @@ def quantize_int8(fp32_path: Path, out_path: Path, calib: np.ndarray, config: In
     Biases stay float (``QuantizeBias=False``): onnxruntime (>= 1.19) quantises them to int32 when
     it fuses QLinearConv / QGemm at load time, and a float bias is 4 bytes a channel where an int32
     one with its own scale and zero point is 12. The file is then compacted (no all-zero weight zero
-    points, one initializer per distinct activation zero point, short tensor names, no tool
-    metadata); none of that changes a single output value.
+    points, one initializer per distinct activation zero point, then ``compact``: unnamed Q/DQ nodes,
+    1-2 character tensor names, no tool metadata); none of that changes a single output value.
     """
     from onnxruntime.quantization import (
         CalibrationDataReader,
