@@ -116,6 +116,12 @@ SETTINGS: dict[str, Int8Config] = {
     "CLE relu + per-tensor all": Int8Config(equalize="relu", per_tensor_max_channels=10**9),
     "CLE relu + per-tensor <= 32 ch": Int8Config(equalize="relu", per_tensor_max_channels=32),
     "default + per-tensor all": Int8Config(per_tensor_max_channels=10**9),
+    # session 5: per-tensor scales only where a channel has few weights (its scale costs the most)
+    "default + per-tensor fan-in <= 16": Int8Config(per_tensor_max_fan_in=16),
+    "default + per-tensor fan-in <= 32": Int8Config(per_tensor_max_fan_in=32),
+    "default + per-tensor fan-in <= 64": Int8Config(per_tensor_max_fan_in=64),
+    "default + per-tensor fan-in <= 100": Int8Config(per_tensor_max_fan_in=100),
+    "default, classifier int8": Int8Config(keep_fp32=()),
     # GPTQ weight rounding and activation-range equalisation were measured at commit b952a03
     # (results/int8_sweep_session4.json) and removed: neither raised agreement
 }

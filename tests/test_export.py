@@ -373,6 +373,25 @@ def test_int8_per_tensor_small_layers_and_float_ends(tmp_path):
     assert {"conv2.0", "conv2.1", "conv2.2"} <= set(fused) and "conv1" not in fused
 
 
+def test_int8_per_tensor_by_fan_in(tmp_path):
+    """per_tensor_max_fan_in: one weight scale for the layers whose output channels have few weights
+    (the 1x1 convs of the 3-conv block: 16 and 5 weights a channel), per channel elsewhere."""
+    from edgeclean.export import Int8Config, quantize_int8
+
+    fp32, calib = _three_conv_fp32(tmp_path)
+    q = tmp_path / "q.onnx"
+    quantize_int8(fp32, q, calib, Int8Config(per_tensor_max_fan_in=20))
+    proto = onnx.load(str(q))
+    onnx.checker.check_model(proto, full_check=True)
+    assert list(weight_scale(proto, "conv2.0").dims) == []  # 1x1, 16 in: fan-in 16
+    assert list(weight_scale(proto, "conv2.2").dims) == []  # 1x1, 5 in: fan-in 5
+    assert list(weight_scale(proto, "conv2.1").dims) == [5]  # 3x3, 4 in: fan-in 36
+    assert list(weight_scale(proto, "conv1").dims) == [16]  # 3x3, 3 in: fan-in 27
+    x = np.random.default_rng(4).random((8, 3, 8, 8), dtype=np.float32)
+    ref = ort_run(fp32, x)
+    assert np.max(np.abs(ort_run(q, x) - ref)) < 0.2 * np.max(np.abs(ref))
+
+
 def test_int8_shared_zero_points_change_no_output(tmp_path):
     from onnx import numpy_helper
 
