@@ -263,6 +263,8 @@ def _short_edge_names(model_proto) -> None:
     Node names (module paths) and weight names stay readable; graph inputs and outputs keep theirs.
     """
     g = model_proto.graph
+    if _has_subgraphs(model_proto):  # a subgraph may read an outer edge by its name
+        return
     keep = {v.name for v in g.input} | {v.name for v in g.output} | {t.name for t in g.initializer}
     short: dict[str, str] = {}
     counter = [0]
@@ -395,15 +397,19 @@ def _shortest_names():
 
 def _short_names(model_proto) -> int:
     """Give every tensor that is neither a graph input or output nor a layer's weight or bias the
-    shortest free name (weights and biases end in '.w' and '.b' instead of '.weight' and '.bias'), the most used first (one character for the 62 most used: the shared zero
+    shortest free name, the most used first (one character for the 62 most used: the shared zero
     point feeds ~100 Q/DQ nodes): edges, activation scales and zero points, weight scales.
 
     A layer's weights and biases (initializers a compute node reads, or whose DequantizeLinear it
-    reads) keep their module-path names, as compute nodes keep theirs; a name is only a key, so the
-    graph computes exactly the same. Returns how many tensors were renamed."""
+    reads) keep their module-path names, as compute nodes keep theirs, ending in '.w' and '.b'
+    instead of '.weight' and '.bias'; a name is only a key, so the graph computes exactly the same.
+    A graph with subgraphs (If, Loop: they may read outer names) is left as it is. Returns how many
+    tensors were renamed."""
     from collections import Counter
 
     g = model_proto.graph
+    if _has_subgraphs(model_proto):
+        return 0
     qdq = ("QuantizeLinear", "DequantizeLinear")
     inits = {t.name for t in g.initializer}
     keep = {v.name for v in g.input} | {v.name for v in g.output} | {""}
@@ -434,7 +440,13 @@ def _short_names(model_proto) -> int:
         node.input[:] = [new.get(x, x) for x in node.input]
         node.output[:] = [new.get(x, x) for x in node.output]
     del g.value_info[:]
-    return len(new)
+    return sum(old != name for old, name in new.items())
+
+
+def _has_subgraphs(model_proto) -> bool:
+    from onnx import AttributeProto
+
+    return any(a.type in (AttributeProto.GRAPH, AttributeProto.GRAPHS) for n in model_proto.graph.node for a in n.attribute)
 
 
 def _unname_qdq_nodes(model_proto) -> None:
