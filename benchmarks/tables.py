@@ -363,11 +363,12 @@ def latency(path: Path) -> dict:
 
 def prune_to_bytes(model, spec, budget: int):
     """torch-pruning: global channel pruning with L1 magnitude importance, the classifier head kept,
-    pruning ratio found by bisection so the estimated fp32 ONNX size fits ``budget``."""
+    pruning ratio found by bisection so the estimated fp32 ONNX size fits ``budget`` (less the rank
+    allocator's margin, as C&C aims)."""
     import torch_pruning as tp
     from torch import nn
 
-    from edgeclean.ranks import estimate_bytes
+    from edgeclean.ranks import RankConfig, estimate_bytes
 
     example = torch.zeros(1, *spec.input_shape)
 
@@ -383,7 +384,7 @@ def prune_to_bytes(model, spec, budget: int):
     for _ in range(10):  # ratio to within 0.001
         mid = (lo + hi) / 2
         m = pruned(mid)
-        if estimate_bytes(m, "fp32") <= budget:
+        if estimate_bytes(m, "fp32") <= budget * (1 - RankConfig().margin):
             hi, best = mid, (m, mid)
         else:
             lo = mid

@@ -35,7 +35,7 @@ from .ranks import (
     monotone, probe_ranks, rank_grids,
 )
 from .scaling import ScaleConfig, scale_mode
-from .unlearn import PatchConfig, apply_patch, patch_head
+from .unlearn import PatchConfig, patch_head
 
 
 @dataclass
@@ -137,8 +137,7 @@ def clean_and_compact(model: nn.Module, spec, budget_bytes: int | None = None, p
     torch.manual_seed(config.seed)
     timings = {}
     teacher = model.eval()
-    student = copy.deepcopy(model).eval()
-    before = estimate_bytes(student, precision)
+    before = estimate_bytes(model, precision)
 
     # 5. synthetic data: distillation needs it, the "output" rank proxy measures on it
     images = adv_images = adv_index = None
@@ -148,6 +147,19 @@ def clean_and_compact(model: nn.Module, spec, budget_bytes: int | None = None, p
         n = config.n_synthetic if config.do_finetune else config.ranks.probe_images
         images, adv_images, adv_index, data_info = synthetic_data(teacher, spec, n, config, scan_result)
         timings["data_s"] = time.perf_counter() - t0
+
+    # 6a. patch a copy of the suspect against the scan's suspected target (pruning or unlearning its
+    # shortcut); it is the distillation teacher and the student is compressed from it
+    patch_info = None
+    target = getattr(scan_result, "target_class", None) if getattr(scan_result, "suspected", False) else None
+    if config.do_finetune and config.patch is not None and target is not None:
+        t0 = time.perf_counter()
+        teacher = copy.deepcopy(model).eval()
+        patched = patch_head(input_model(teacher, spec), teacher, images, target, config.patch,
+                             known=scan_triggers(scan_result, spec, target))
+        patch_info = asdict(patched) if patched is not None else None
+        timings["patch_s"] = time.perf_counter() - t0
+    student = copy.deepcopy(teacher).eval()
 
     # 1. decompose
     t0 = time.perf_counter()
@@ -212,23 +224,11 @@ def clean_and_compact(model: nn.Module, spec, budget_bytes: int | None = None, p
     timings["replace_s"] = time.perf_counter() - t0
 
     # 6. fine-tune (on 5., the synthetic data, made before the allocation that may measure on it)
-    ft_stats, patch_info = {"steps": 0}, None
+    ft_stats = {"steps": 0}
     if config.do_finetune:
-        # the scan's suspected target class aims the patch (and any online perturbations)
-        target = getattr(scan_result, "target_class", None) if getattr(scan_result, "suspected", False) else None
-        kd_teacher = teacher
-        if config.patch is not None and target is not None:
-            t0 = time.perf_counter()
-            kd_teacher = copy.deepcopy(teacher).eval()
-            patched = patch_head(input_model(kd_teacher, spec), kd_teacher, images, target, config.patch,
-                                 known=scan_triggers(scan_result, spec, target))
-            if patched is not None:
-                apply_patch(student, patched)
-                patch_info = asdict(patched)
-            timings["patch_s"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         ft_cfg = replace(config.finetune, seed=config.seed, progress=config.progress or config.finetune.progress)
-        ft_stats = finetune(input_model(student, spec), input_model(kd_teacher, spec), images, adv_images, adv_index,
+        ft_stats = finetune(input_model(student, spec), input_model(teacher, spec), images, adv_images, adv_index,
                             ft_cfg, target_class=target)
         ft_stats["target_class"] = target
         timings["finetune_s"] = time.perf_counter() - t0

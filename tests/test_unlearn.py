@@ -138,6 +138,22 @@ def test_channel_patch_silences_the_real_trigger_and_the_student_gets_it():
         assert torch.equal(student(held), teacher(held))
 
 
+def test_unlearn_plan_silences_the_real_trigger_without_pruning():
+    teacher = backdoored(bn=True)
+    before = copy.deepcopy(teacher)
+    x, _ = clean_images(384, 3)
+    held, y = clean_images(256, 5)
+    # a third of the toy's images are of the target class, so no trigger's success falls much below 1/3
+    result = patch_head(teacher, teacher, x, TARGET, PatchConfig(kinds=("mask",), steps=150, plans=(("unlearn",),),
+                                                                     unlearn_steps=300, unlearn_lr=1e-3, success_below=0.4))
+    assert result.plan == "unlearn" and result.unlearned and result.channels == [] and result.units == []
+    assert result.success_before > 0.9 and result.success_after < 0.4
+    assert any(not torch.equal(a, b) for a, b in zip(teacher.parameters(), before.parameters()))  # fine-tuned
+    assert real_asr(teacher, held, y) < 0.3  # the real trigger, never seen (0.19 measured)
+    with torch.no_grad():
+        assert (teacher(held).argmax(1) == y).float().mean() > 0.95  # no channel lost (1.0 measured)
+
+
 def test_a_known_trigger_is_used_without_reverse_engineering(model):
     from edgeclean.unlearn import Trigger
 

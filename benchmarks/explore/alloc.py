@@ -1,7 +1,7 @@
 """Rank allocation proxy: HOSVD energy vs measured output divergence (RankConfig.proxy), C&C at 1/8.
 
     OMP_NUM_THREADS=1 python benchmarks/explore/alloc.py --suspect benchmarks/suspects/vgg11_clean.pt \\
-        --proxies energy output [--no-ft] [--nopatch]
+        --proxies energy output [--no-ft] [--nopatch] [--ft FIELD=VALUE ...]
 
 Prints CA / ASR (first 1,000 test images) of the student, the ranks chosen and the stage times.
 The card's target stands in for the scan's (as in cc1.py); the synthetic images are case.images().
@@ -18,6 +18,8 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from case import Case  # noqa: E402
 from edgeclean.cc import CCConfig, clean_and_compact  # noqa: E402
+from edgeclean.finetune import FinetuneConfig  # noqa: E402
+from edgeclean.load import input_model  # noqa: E402
 from edgeclean.ranks import RankConfig, estimate_bytes  # noqa: E402
 
 ap = argparse.ArgumentParser()
@@ -30,7 +32,12 @@ ap.add_argument("--points", type=int, default=RankConfig().probe_points, help="R
 ap.add_argument("--fraction", type=float, default=1 / 8)
 ap.add_argument("--steps", type=int, default=None, help="FinetuneConfig.steps (default: its own)")
 ap.add_argument("--n", type=int, default=512, help="synthetic images for the distillation")
+ap.add_argument("--ft", nargs="*", default=[], metavar="FIELD=VALUE", help="other FinetuneConfig fields, e.g. bn=train lr=3e-3")
+ap.add_argument("--plans", default=None, help='PatchConfig.plans, e.g. "channels+head/head/unlearn"')
+ap.add_argument("--recall", action="store_true", help="also print the student's recall per class")
+ap.add_argument("--cc", nargs="*", default=[], metavar="FIELD=VALUE", help="other CCConfig fields, e.g. n_synthetic=1024")
 args = ap.parse_args()
+ft_over = {k: type(getattr(FinetuneConfig(), k))(v) for k, v in (a.split("=", 1) for a in args.ft)}
 torch.set_num_threads(1)
 case = Case(args.suspect)
 scan = SimpleNamespace(suspected=case.target is not None, target_class=case.target,
@@ -40,11 +47,19 @@ for proxy in args.proxies:
     cfg = CCConfig(ranks=RankConfig(proxy=proxy, probe_images=args.probe, probe_points=args.points), do_finetune=not args.no_ft)
     if args.nopatch:
         cfg = replace(cfg, patch=None)
+    elif args.plans:
+        cfg = replace(cfg, patch=replace(cfg.patch, plans=tuple(tuple(p.split("+")) for p in args.plans.split("/"))))
     if args.steps:
         cfg = replace(cfg, finetune=replace(cfg.finetune, steps=args.steps))
-    cfg = replace(cfg, n_synthetic=args.n)
+    cc_over = {k: type(getattr(CCConfig(), k))(v) for k, v in (a.split("=", 1) for a in args.cc)}
+    cfg = replace(cfg, n_synthetic=args.n, finetune=replace(cfg.finetune, **ft_over), **cc_over)
     t0 = time.time()
     student, rep = clean_and_compact(case.model, case.spec, budget_bytes=budget, config=cfg, scan_result=scan)
     ranks = [tuple(l["ranks"]) if l["ranks"] else None for l in rep.layers]
-    print(case.path.stem, proxy, f"steps={cfg.finetune.steps} n={args.n} patch={not args.nopatch}", "CA/ASR", case.ev(student), f"{time.time() - t0:.0f}s", rep.timings,
-          "ranks", ranks, flush=True)
+    print(case.path.stem, proxy, f"steps={cfg.finetune.steps} n={args.n} patch={not args.nopatch} {ft_over or ''} plans={args.plans or 'default'} {cc_over or ''}", "CA/ASR", case.ev(student), f"{time.time() - t0:.0f}s", rep.timings,
+          "ranks", ranks, "patch", rep.patch and {k: rep.patch[k] for k in ("plan", "candidates")}, flush=True)
+    if args.recall:  # per-class recall on the test images: where the CA goes
+        with torch.no_grad():
+            pred = input_model(student, case.spec).eval()(case.test.x).argmax(1)
+        print("  recall per class", [round(float((pred[case.test.y == k] == k).float().mean()), 3)
+                                     for k in range(case.spec.num_classes)], "target", case.target, flush=True)
