@@ -54,11 +54,6 @@ class CCConfig:
     # patch the teacher's head against a trigger reverse-engineered for the scan's suspected target
     # before distilling (unlearn.py); None: distil from the unpatched suspect
     patch: PatchConfig | None = field(default_factory=PatchConfig)
-    # exploration switch (CC_NOTES 14, measured and removed): this many synthetic images of the suspected
-    # target made from the PATCHED teacher (BN statistics + CE towards the target, weight target_ce),
-    # added to the distillation set
-    target_images: int = 0
-    target_ce: float = 1.0
     seed: int = 0
     progress: bool = False
 
@@ -163,14 +158,6 @@ def clean_and_compact(model: nn.Module, spec, budget_bytes: int | None = None, p
         patched = patch_head(input_model(teacher, spec), teacher, images, target, config.patch,
                              known=scan_triggers(scan_result, spec, target))
         patch_info = asdict(patched) if patched is not None else None
-        if config.target_images:
-            from .synth import SynthConfig, synthesize
-
-            cfg = SynthConfig(seed=config.seed + 3, ce_weight=config.target_ce, classes=(target,))
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16(config.synth_bf16)):
-                extra = synthesize(teacher, spec, config.target_images, cfg)
-            images = torch.cat([images, extra])
-            data_info["target_images"] = len(extra)
         timings["patch_s"] = time.perf_counter() - t0
     student = copy.deepcopy(teacher).eval()
 
@@ -242,7 +229,7 @@ def clean_and_compact(model: nn.Module, spec, budget_bytes: int | None = None, p
         t0 = time.perf_counter()
         ft_cfg = replace(config.finetune, seed=config.seed, progress=config.progress or config.finetune.progress)
         ft_stats = finetune(input_model(student, spec), input_model(teacher, spec), images, adv_images, adv_index,
-                            ft_cfg, target_class=target, suspect=input_model(model, spec) if teacher is not model else None)
+                            ft_cfg, target_class=target)
         ft_stats["target_class"] = target
         timings["finetune_s"] = time.perf_counter() - t0
     student.eval()

@@ -50,11 +50,6 @@ class FinetuneConfig:
     # bf16 autocast for the distillation forward passes; None: when the CPU has native bf16 (AVX-512
     # BF16 / AMX). Measured (CC_NOTES 7): 2x faster steps on a full-width ResNet-18, demo 89.2/0.4 vs 88.3/0.0
     bf16: bool | None = None
-    # exploration switches (CC_NOTES 14, measured and removed): with a patched teacher, take only the
-    # target's probability from it and share the rest as the unpatched suspect does ("hybrid"); or
-    # distil only on images whose top-1 the patch left unchanged ("agreed_only")
-    hybrid: bool = False
-    agreed_only: bool = False
     seed: int = 0
     progress: bool = False
 
@@ -81,17 +76,6 @@ def augment(x: torch.Tensor, cfg: FinetuneConfig, gen: torch.Generator) -> torch
 
 def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, t: float) -> torch.Tensor:
     return F.kl_div(F.log_softmax(student_logits / t, 1), F.softmax(teacher_logits / t, 1), reduction="batchmean") * t * t
-
-
-def hybrid_logits(patched: torch.Tensor, suspect: torch.Tensor, target_class: int, t: float) -> torch.Tensor:
-    """Logits whose softmax at temperature ``t`` gives the target class the patched teacher's probability
-    and splits the rest over the other classes in the suspect's proportions."""
-    lp, ls = F.log_softmax(patched / t, 1), F.log_softmax(suspect / t, 1)
-    rest_p = torch.log(-torch.expm1(lp[:, target_class].clamp(max=-1e-7)))  # log(1 - p_patched(target))
-    rest_s = torch.log(-torch.expm1(ls[:, target_class].clamp(max=-1e-7)))
-    out = ls + (rest_p - rest_s).unsqueeze(1)
-    out[:, target_class] = lp[:, target_class]
-    return out * t
 
 
 def _suppress(logits: torch.Tensor, target_class: int | None, mode: str) -> torch.Tensor:
@@ -127,7 +111,7 @@ def student_pgd(student: nn.Module, x: torch.Tensor, labels: torch.Tensor | None
 
 def finetune(student: nn.Module, teacher: nn.Module, images: torch.Tensor, adv_images: torch.Tensor | None = None,
              adv_index: torch.Tensor | None = None, config: FinetuneConfig = FinetuneConfig(),
-             target_class: int | None = None, suspect: nn.Module | None = None) -> dict:
+             target_class: int | None = None) -> dict:
     """Fine-tune ``student`` in place (raw-input modules); returns loss statistics.
 
     ``adv_images[i]`` is an adversarial version of ``images[adv_index[i]]``; ``target_class`` (the
@@ -171,16 +155,7 @@ def finetune(student: nn.Module, teacher: nn.Module, images: torch.Tensor, adv_i
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
                 with torch.no_grad():
                     t_logits = _suppress(teacher(x), target_class, config.suppress_target).float()
-                    keep = None
-                    if suspect is not None and target_class is not None and (config.hybrid or config.agreed_only):
-                        sus_logits = suspect(x).float()
-                        if config.agreed_only:
-                            keep = sus_logits.argmax(1) == t_logits.argmax(1)
-                        if config.hybrid:
-                            t_logits = hybrid_logits(t_logits, sus_logits, target_class, config.temperature)
                 s_logits = student(x).float()
-            if keep is not None and keep.any():
-                s_logits, t_logits = s_logits[keep], t_logits[keep]
             loss_kd = kd_loss(s_logits, t_logits, config.temperature)
             loss = loss_kd
             loss_adv = torch.zeros(())

@@ -42,7 +42,6 @@ class SynthConfig:
     seed: int = 0
     tv_weight: float = 0.0  # smoothness prior on the raw image (0: pure ZeroQ)
     ce_weight: float = 0.0  # class-balance term: CE towards labels i % classes (0: pure ZeroQ)
-    classes: tuple[int, ...] | None = None  # the labels of the CE term cycle over these (None: all classes)
     no_bn: str = "inversion"  # "inversion" (fallback) or "error"
     inversion_l2: float = 1e-3  # L2 prior of the no-BN fallback (on the normalised image)
     inversion_tv: float = 1e-2  # TV prior of the no-BN fallback
@@ -180,8 +179,7 @@ def synthesize(
         for b, size in enumerate(batches):
             z = torch.randn(size, *spec.input_shape, generator=gen)
             z = torch.max(torch.min(z, hi), lo).requires_grad_(True)
-            pool = torch.tensor(config.classes) if config.classes else torch.arange(spec.num_classes)
-            labels = pool[(torch.arange(size) + b * config.batch_size) % len(pool)]
+            labels = (torch.arange(size) + b * config.batch_size) % spec.num_classes
             opt = torch.optim.Adam([z], lr=config.lr)
             for it in range(config.iterations):
                 opt.zero_grad(set_to_none=True)
