@@ -36,6 +36,8 @@ ap.add_argument("--ft", nargs="*", default=[], metavar="FIELD=VALUE", help="othe
 ap.add_argument("--plans", default=None, help='PatchConfig.plans, e.g. "channels+head/head/unlearn"')
 ap.add_argument("--recall", action="store_true", help="also print the student's recall per class")
 ap.add_argument("--cc", nargs="*", default=[], metavar="FIELD=VALUE", help="other CCConfig fields, e.g. n_synthetic=1024")
+ap.add_argument("--patch", nargs="*", default=[], metavar="FIELD=VALUE",
+                help="PatchConfig fields, e.g. kinds=mask,additive,blend blend=0.15")
 args = ap.parse_args()
 ft_over = {k: type(getattr(FinetuneConfig(), k))(v) for k, v in (a.split("=", 1) for a in args.ft)}
 torch.set_num_threads(1)
@@ -47,8 +49,12 @@ for proxy in args.proxies:
     cfg = CCConfig(ranks=RankConfig(proxy=proxy, probe_images=args.probe, probe_points=args.points), do_finetune=not args.no_ft)
     if args.nopatch:
         cfg = replace(cfg, patch=None)
-    elif args.plans:
-        cfg = replace(cfg, patch=replace(cfg.patch, plans=tuple(tuple(p.split("+")) for p in args.plans.split("/"))))
+    else:
+        fields = dict(a.split("=", 1) for a in args.patch)
+        over = {k: tuple(v.split(",")) if k == "kinds" else type(getattr(cfg.patch, k))(v) for k, v in fields.items()}
+        if args.plans:
+            over["plans"] = tuple(tuple(p.split("+")) for p in args.plans.split("/"))
+        cfg = replace(cfg, patch=replace(cfg.patch, **over))
     if args.steps:
         cfg = replace(cfg, finetune=replace(cfg.finetune, steps=args.steps))
     cc_over = {k: type(getattr(CCConfig(), k))(v) for k, v in (a.split("=", 1) for a in args.cc)}
@@ -56,7 +62,7 @@ for proxy in args.proxies:
     t0 = time.time()
     student, rep = clean_and_compact(case.model, case.spec, budget_bytes=budget, config=cfg, scan_result=scan)
     ranks = [tuple(l["ranks"]) if l["ranks"] else None for l in rep.layers]
-    print(case.path.stem, proxy, f"steps={cfg.finetune.steps} n={args.n} patch={not args.nopatch} {ft_over or ''} plans={args.plans or 'default'} {cc_over or ''}", "CA/ASR", case.ev(student), f"{time.time() - t0:.0f}s", rep.timings,
+    print(case.path.stem, proxy, f"steps={cfg.finetune.steps} n={args.n} patch={not args.nopatch} {ft_over or ''} plans={args.plans or 'default'} {cc_over or ''} {args.patch or ''}", "CA/ASR", case.ev(student), f"{time.time() - t0:.0f}s", rep.timings,
           "ranks", ranks, "patch", rep.patch and {k: rep.patch[k] for k in ("plan", "candidates")}, flush=True)
     if args.recall:  # per-class recall on the test images: where the CA goes
         with torch.no_grad():
