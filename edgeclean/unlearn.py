@@ -45,7 +45,6 @@ class PatchConfig:
     # of the images (a clean class: 0.1-0.2) but pruning against it leaves blended ASR at 27%; 0.15
     # gave ASR 3.4% there with the same demo result as 0.1.
     eps: float = 0.15
-    blend: float = 0.15  # opacity of the "blend" trigger: x' = (1 - blend) x + blend * pattern (blended backdoors)
     shortcut: float = 0.5  # a trigger counts only if it sends at least this share of held-out images to the target
     # stop pruning once every counted trigger flips fewer held-out images than this. Measured (CC_NOTES
     # section 9, C&C students, 1,000 test images): 0.3 left demo / resnet18_badnets / vgg11_badnets at
@@ -84,13 +83,13 @@ class Trigger:
     delta: torch.Tensor | None = None  # 1 x C x H x W, |delta| <= eps
 
     def apply(self, x: torch.Tensor) -> torch.Tensor:
-        if self.kind in ("mask", "blend"):  # a blend is a mask of uniform opacity
+        if self.kind == "mask":
             return (1 - self.mask) * x + self.mask * self.pattern
         return (x + self.delta).clamp(0, 1)
 
     def size(self) -> float:
         """Mask L1 (pixels) or the additive trigger's L-inf norm."""
-        return float(self.mask.sum()) if self.kind in ("mask", "blend") else float(self.delta.abs().max())
+        return float(self.mask.sum()) if self.kind == "mask" else float(self.delta.abs().max())
 
 
 @dataclass
@@ -151,16 +150,6 @@ def reverse_trigger(net: nn.Module, images: torch.Tensor, target: int, kind: str
                 loss.backward()
                 opt.step()
             trig = Trigger(kind, target, 0.0, mask=torch.sigmoid(m_logit).detach(), pattern=torch.sigmoid(p_logit).detach())
-        elif kind == "blend":
-            p_logit = torch.zeros((1, c, h, w), requires_grad=True)
-            opt = torch.optim.Adam([p_logit], lr=0.1)
-            mask = torch.full((1, 1, h, w), config.blend)
-            for _ in range(config.steps):
-                loss = loss_of((1 - mask) * images + mask * torch.sigmoid(p_logit))
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-            trig = Trigger(kind, target, 0.0, mask=mask, pattern=torch.sigmoid(p_logit).detach())
         elif kind == "additive":
             delta = torch.zeros((1, c, h, w), requires_grad=True)
             opt = torch.optim.Adam([delta], lr=config.eps / 20)
@@ -173,7 +162,7 @@ def reverse_trigger(net: nn.Module, images: torch.Tensor, target: int, kind: str
                     delta.clamp_(-config.eps, config.eps)
             trig = Trigger(kind, target, 0.0, delta=delta.detach())
         else:
-            raise ValueError(f"unknown trigger kind {kind!r}; use 'mask', 'blend' or 'additive'")
+            raise ValueError(f"unknown trigger kind {kind!r}; use 'mask' or 'additive'")
         trig.success = success_rate(net, images, trig)
         return trig
     finally:
