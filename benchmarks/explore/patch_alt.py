@@ -96,7 +96,7 @@ def cutoff(case, images, ks=(0.5, 1.0, 1.5, 2.0, 3.0)):
 
 def shift(case, images, deltas=(0, 0.5, 1, 1.5, 2, 3, 4)):
     """The patched teacher with delta added to the target's logit (the head bias)."""
-    model, res = patched(case, images)
+    model, _ = patched(case, images)
     head, check = classifier_head(model)[1], images[256:]
     bias = head.bias.detach().clone()
     share = (predictions_on(case, case.model, check) == case.target).float().mean()
