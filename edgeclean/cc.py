@@ -15,7 +15,6 @@ spec whose ``factorized`` field rebuilds it (``load.load_suspect`` with a card).
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import json
 import os
@@ -190,15 +189,8 @@ def clean_and_compact(model: nn.Module, spec, budget_bytes: int | None = None, p
     spectra = layer_spectra(dict(convs), tuckers)
     other = before - sum(conv_bytes(l.c_in, l.c_out, l.kernel, precision) for l in spectra)
     if budget_bytes is not None and config.ranks.proxy == "output":
-        net, probe_images = input_model(student, spec), images[: config.ranks.probe_images]
-        with torch.no_grad():
-            reference = F.log_softmax(net.eval()(probe_images).float(), 1)
-        measured = rank_sensitivity(net, dict(convs), tuckers, spectra, probe_images, config.ranks, reference)
-        for _ in range(config.ranks.rounds - 1):
-            ranks = allocate_ranks(measured, budget_bytes, other, precision, config.ranks)
-            with truncated(dict(convs), tuckers, ranks):
-                measured = rank_sensitivity(net, dict(convs), tuckers, spectra, probe_images, config.ranks, reference)
-        spectra = measured
+        spectra = rank_sensitivity(input_model(student, spec), dict(convs), tuckers, spectra,
+                                   images[: config.ranks.probe_images], config.ranks)
     if budget_bytes is not None:
         ranks = allocate_ranks(spectra, budget_bytes, other, precision, config.ranks)
         policy = "budget"
@@ -298,17 +290,16 @@ def scan_triggers(scan_result, spec, target: int) -> list:
 
 @torch.no_grad()
 def rank_sensitivity(net: nn.Module, modules: dict[str, nn.Conv2d], tuckers: dict, spectra: list[LayerSpectrum],
-                     images: torch.Tensor, config: RankConfig, reference: torch.Tensor | None = None) -> list[LayerSpectrum]:
+                     images: torch.Tensor, config: RankConfig) -> list[LayerSpectrum]:
     """``spectra`` with measured loss curves: for each layer and mode, the KL divergence of ``net``'s
     output on ``images`` when only that mode of only that layer is truncated to each allowed rank
     (``config.probe_points`` ranks per mode are measured, the others interpolated).
 
     ``net`` (raw inputs) must run through ``modules``, whose weights are swapped and restored here.
-    Unlike the energy bound, this sees how much each layer matters to the prediction. ``reference``:
-    the log-probabilities the divergence is measured from (default: ``net``'s own as it is now).
+    Unlike the energy bound, this sees how much each layer matters to the prediction.
     """
     net.eval()
-    base = F.log_softmax(net(images).float(), 1) if reference is None else reference
+    base = F.log_softmax(net(images).float(), 1)
 
     def curve(conv, grid, weight_at):
         """Loss at every rank of ``grid``; ``weight_at(r)`` is the conv's weight truncated to rank r."""
@@ -335,20 +326,6 @@ def rank_sensitivity(net: nn.Module, modules: dict[str, nn.Conv2d], tuckers: dic
             conv.weight.copy_(original)
         out.append(replace(layer, loss_in=loss_in, loss_out=loss_out))
     return out
-
-
-@contextlib.contextmanager
-@torch.no_grad()
-def truncated(modules: dict[str, nn.Conv2d], tuckers: dict, ranks: dict):
-    """Within the block, every conv with ranks (r_in, r_out) carries its weight truncated to them."""
-    saved = {n: modules[n].weight.detach().clone() for n, r in ranks.items() if r is not None}
-    try:
-        for n in saved:
-            modules[n].weight.copy_(reconstruct(truncate(tuckers[n], *ranks[n])).to(saved[n].dtype))
-        yield
-    finally:
-        for n, w in saved.items():
-            modules[n].weight.copy_(w)
 
 
 def layer_spectra(modules: dict[str, nn.Conv2d], tuckers: dict) -> list[LayerSpectrum]:

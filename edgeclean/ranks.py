@@ -161,9 +161,6 @@ class RankConfig:
     proxy: str = "output"
     probe_images: int = 128  # synthetic images the "output" proxy measures on
     probe_points: int = 12  # ranks measured per mode (evenly over the grid; linear in between)
-    # "output" proxy: 2+ re-measures every curve with the other layers at the previous allocation and
-    # allocates again (the one-layer-at-a-time sum misleads when every layer is cut hard: CC_NOTES 13)
-    rounds: int = 1
 
 
 def _step(full: int, cfg: RankConfig) -> int:
