@@ -30,7 +30,6 @@ ap.add_argument("--nopatch", action="store_true")
 ap.add_argument("--probe", type=int, default=128, help="RankConfig.probe_images")
 ap.add_argument("--points", type=int, default=RankConfig().probe_points, help="RankConfig.probe_points")
 ap.add_argument("--fraction", type=float, default=1 / 8)
-ap.add_argument("--rounds", type=int, default=RankConfig().rounds, help="RankConfig.rounds")
 ap.add_argument("--steps", type=int, default=None, help="FinetuneConfig.steps (default: its own)")
 ap.add_argument("--n", type=int, default=512, help="synthetic images for the distillation")
 ap.add_argument("--ft", nargs="*", default=[], metavar="FIELD=VALUE", help="other FinetuneConfig fields, e.g. bn=train lr=3e-3")
@@ -47,8 +46,7 @@ scan = SimpleNamespace(suspected=case.target is not None, target_class=case.targ
                        images=case.images(args.n), adv_images=None)
 budget = int(estimate_bytes(case.model) * args.fraction)
 for proxy in args.proxies:
-    cfg = CCConfig(ranks=RankConfig(proxy=proxy, probe_images=args.probe, probe_points=args.points,
-                                          rounds=args.rounds), do_finetune=not args.no_ft)
+    cfg = CCConfig(ranks=RankConfig(proxy=proxy, probe_images=args.probe, probe_points=args.points), do_finetune=not args.no_ft)
     if args.nopatch:
         cfg = replace(cfg, patch=None)
     else:
@@ -64,7 +62,7 @@ for proxy in args.proxies:
     t0 = time.time()
     student, rep = clean_and_compact(case.model, case.spec, budget_bytes=budget, config=cfg, scan_result=scan)
     ranks = [tuple(l["ranks"]) if l["ranks"] else None for l in rep.layers]
-    print(case.path.stem, proxy, f"rounds={args.rounds} fraction={args.fraction:g} steps={cfg.finetune.steps} n={args.n} patch={not args.nopatch} {ft_over or ''} plans={args.plans or 'default'} {cc_over or ''} {args.patch or ''}", "CA/ASR", case.ev(student), f"{time.time() - t0:.0f}s", rep.timings,
+    print(case.path.stem, proxy, f"steps={cfg.finetune.steps} n={args.n} patch={not args.nopatch} {ft_over or ''} plans={args.plans or 'default'} {cc_over or ''} {args.patch or ''}", "CA/ASR", case.ev(student), f"{time.time() - t0:.0f}s", rep.timings,
           "ranks", ranks, "patch", rep.patch and {k: rep.patch[k] for k in ("plan", "candidates")}, flush=True)
     if args.recall:  # per-class recall on the test images: where the CA goes
         with torch.no_grad():
