@@ -49,8 +49,10 @@ class PatchConfig:
     # stop pruning once every counted trigger flips fewer held-out images than this. Measured (CC_NOTES
     # section 9, C&C students, 1,000 test images): 0.3 left demo / resnet18_badnets / vgg11_badnets at
     # CA 90.0 / 89.8 / 85.0 with ASR 7.6 / 5.0 / 12.5; 0.15 gave 86.4 / 88.7 / 81.5 with ASR 2.4 / 0.2 / 5.7
-    # (distillation brings part of the backdoor back, so the teacher's bound must be below the ASR aimed at)
-    success_below: float = 0.15
+    # (distillation brings part of the backdoor back, so the teacher's bound must be below the ASR aimed at).
+    # Session 5 (CC_NOTES 16, students at 1/8): 0.1 instead of 0.15 takes vgg11_blended from 82.0 / 9.5 to
+    # 81.7 / 0.4 and lowers ASR on every suspect measured, at -1.6..+0.5 pt of CA
+    success_below: float = 0.1
     max_fraction: float = 0.5  # never prune more than this share of the head's inputs
     # where to prune, in order, per plan: "channels" (BatchNorm channels anywhere in the net) then "head"
     # inputs only if the triggers still work; or the head alone. Every plan is tried and the one that
