@@ -256,7 +256,8 @@ def _unique(base: str, used: set[str]) -> str:
 
 
 def _short_edge_names(model_proto) -> None:
-    """Name the intermediate tensors t0, t1, ... and drop their shape annotations.
+    """Name the intermediate tensors t0, t1, ... and drop their shape annotations (the format before
+    ``compact``, whose ``_short_names`` supersedes it; ``benchmarks/onnx_bytes.py`` rebuilds that format).
 
     The exporter and the quantiser spell every edge as a long path ('/net/layer1/.../Relu_output_0
     _QuantizeLinear_Output'); in a small int8 model those strings are several percent of the file.
@@ -503,9 +504,8 @@ def to_onnx(model: nn.Module, spec: ModelSpec, path: Path, config: ExportConfig)
             raise GateFailed("onnxsim could not validate the simplified graph against the exported one")
     proto.ir_version = min(proto.ir_version, ORT_MAX_IR_VERSION)
     _readable_names(proto)
-    _short_edge_names(proto)
     _rename_initializers(proto)
-    compact(proto)
+    compact(proto)  # also gives every edge its shortest name
     onnx.checker.check_model(proto, full_check=True)
     onnx.save(proto, str(path))
     ops: dict[str, int] = {}
@@ -884,7 +884,6 @@ def quantize_int8(fp32_path: Path, out_path: Path, calib: np.ndarray, config: In
         _share_zero_points(proto)
         _dedupe_scalar_qparams(proto)
     _drop_unused_opsets(proto)
-    _short_edge_names(proto)
     compact(proto)
     onnx.checker.check_model(proto, full_check=True)
     onnx.save(proto, str(out_path))
