@@ -104,8 +104,7 @@ class PatchResult:
     triggers: list[dict] = field(default_factory=list)
     channels: list[list] = field(default_factory=list)  # pruned BN channels as [module name, index]
     n_channels: int = 0  # BN channels in the model
-    plan: str = ""  # the plan kept, e.g. "channels+head"
-    unlearned: bool = False  # the kept plan fine-tuned the weights ("unlearn"): copy the model, not the pruning
+    plan: str = ""  # the plan kept, e.g. "channels+head"; with "unlearn" in it the weights were fine-tuned
     # per plan tried: pruned counts, success after, share of held-out synthetic predictions unchanged
     candidates: list[dict] = field(default_factory=list)
 
@@ -323,7 +322,6 @@ def patch_head(net: nn.Module, model: nn.Module, images: torch.Tensor, target: i
     _, cand, result.channels, result.units, after, state = best
     model.load_state_dict(state)
     result.plan, result.success_after = cand["plan"], round(after, 4)
-    result.unlearned = "unlearn" in cand["plan"].split("+")
     return result
 
 

@@ -146,7 +146,7 @@ def test_unlearn_plan_silences_the_real_trigger_without_pruning():
     # a third of the toy's images are of the target class, so no trigger's success falls much below 1/3
     result = patch_head(teacher, teacher, x, TARGET, PatchConfig(kinds=("mask",), steps=150, plans=(("unlearn",),),
                                                                      unlearn_steps=300, unlearn_lr=1e-3, success_below=0.4))
-    assert result.plan == "unlearn" and result.unlearned and result.channels == [] and result.units == []
+    assert result.plan == "unlearn" and result.channels == [] and result.units == []
     assert result.success_before > 0.9 and result.success_after < 0.4
     assert any(not torch.equal(a, b) for a, b in zip(teacher.parameters(), before.parameters()))  # fine-tuned
     assert real_asr(teacher, held, y) < 0.3  # the real trigger, never seen (0.19 measured)
