@@ -39,7 +39,18 @@ ap.add_argument("--cc", nargs="*", default=[], metavar="FIELD=VALUE", help="othe
 ap.add_argument("--patch", nargs="*", default=[], metavar="FIELD=VALUE",
                 help="PatchConfig fields, e.g. kinds=mask,additive,blend blend=0.15")
 args = ap.parse_args()
-ft_over = {k: type(getattr(FinetuneConfig(), k))(v) for k, v in (a.split("=", 1) for a in args.ft)}
+
+
+def overrides(config, pairs: list[str]) -> dict:
+    """'FIELD=VALUE' strings as typed values of ``config``'s fields (tuples comma-separated)."""
+    def typed(current, v: str):
+        if isinstance(current, bool):
+            return v.lower() in ("1", "true", "yes")
+        return tuple(v.split(",")) if isinstance(current, tuple) else type(current)(v)
+    return {k: typed(getattr(config, k), v) for k, v in (a.split("=", 1) for a in pairs)}
+
+
+ft_over, cc_over = overrides(FinetuneConfig(), args.ft), overrides(CCConfig(), args.cc)
 torch.set_num_threads(1)
 case = Case(args.suspect)
 scan = SimpleNamespace(suspected=case.target is not None, target_class=case.target,
@@ -50,14 +61,12 @@ for proxy in args.proxies:
     if args.nopatch:
         cfg = replace(cfg, patch=None)
     else:
-        fields = dict(a.split("=", 1) for a in args.patch)
-        over = {k: tuple(v.split(",")) if k == "kinds" else type(getattr(cfg.patch, k))(v) for k, v in fields.items()}
+        over = overrides(cfg.patch, args.patch)
         if args.plans:
             over["plans"] = tuple(tuple(p.split("+")) for p in args.plans.split("/"))
         cfg = replace(cfg, patch=replace(cfg.patch, **over))
     if args.steps:
         cfg = replace(cfg, finetune=replace(cfg.finetune, steps=args.steps))
-    cc_over = {k: type(getattr(CCConfig(), k))(v) for k, v in (a.split("=", 1) for a in args.cc)}
     cfg = replace(cfg, n_synthetic=args.n, finetune=replace(cfg.finetune, **ft_over), **cc_over)
     t0 = time.time()
     student, rep = clean_and_compact(case.model, case.spec, budget_bytes=budget, config=cfg, scan_result=scan)

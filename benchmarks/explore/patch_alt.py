@@ -30,9 +30,10 @@ def patched(case, images):
     return model, patch_head(input_model(model, case.spec), model, images, case.target, PatchConfig())
 
 
-def predictions(case, model):
+def predictions(case, model, x=None):
+    """Top-1 of ``model`` on ``x`` (default: the case's test images)."""
     with torch.no_grad():
-        return input_model(model, case.spec).eval()(case.test.x).argmax(1)
+        return input_model(model, case.spec).eval()(case.test.x if x is None else x).argmax(1)
 
 
 def confusion(case, images):
@@ -50,14 +51,18 @@ def confusion(case, images):
 
 
 def bn_hooks(model, channels, edit):
-    """Forward hooks applying ``edit(out, idx, upper)`` on the listed (BN name, index) channels, with
-    upper = beta + k |gamma| supplied per call (the BN output's training mean + k training stds)."""
+    """Forward hooks applying ``edit(out, idx, bn)`` to the outputs of the listed (BN name, index) channels."""
     bns, by = dict(named_bn2d(model)), {}
     for name, j in channels:
         by.setdefault(name, []).append(j)
     for name, js in by.items():
         bn, idx = bns[name], torch.tensor(js)
         bn.register_forward_hook(lambda _m, _i, out, bn=bn, idx=idx: edit(out, idx, bn))
+
+
+def upper(bn, idx, k):
+    """beta + k |gamma| for channels ``idx``: the BN output's training mean + k training stds."""
+    return (bn.bias + k * bn.weight.abs()).detach()[idx].view(1, -1, 1, 1)
 
 
 def clamp(case, images, ks=(2.0, 2.5, 3.0)):
@@ -68,9 +73,8 @@ def clamp(case, images, ks=(2.0, 2.5, 3.0)):
         model = copy.deepcopy(case.model).eval()
 
         def edit(out, idx, bn, k=k):
-            upper = (bn.bias + k * bn.weight.abs()).detach()[idx].view(1, -1, 1, 1)
             out = out.clone()
-            out[:, idx] = torch.minimum(out[:, idx], upper)
+            out[:, idx] = torch.minimum(out[:, idx], upper(bn, idx, k))
             return out
         bn_hooks(model, every, edit)
         line += [f"k={k}", case.ev(model)]
@@ -84,10 +88,9 @@ def cutoff(case, images, ks=(0.5, 1.0, 1.5, 2.0, 3.0)):
         model = copy.deepcopy(case.model).eval()
 
         def edit(out, idx, bn, k=k):
-            upper = (bn.bias + k * bn.weight.abs()).detach()[idx].view(1, -1, 1, 1)
             out = out.clone()
             v = out[:, idx]
-            out[:, idx] = torch.where(v < upper, v, torch.zeros_like(v))
+            out[:, idx] = torch.where(v < upper(bn, idx, k), v, torch.zeros_like(v))
             return out
         bn_hooks(model, res.channels, edit)
         prune_head_units(model, res.units)
@@ -99,19 +102,14 @@ def shift(case, images, deltas=(0, 0.5, 1, 1.5, 2, 3, 4)):
     model, _ = patched(case, images)
     head, check = classifier_head(model)[1], images[256:]
     bias = head.bias.detach().clone()
-    share = (predictions_on(case, case.model, check) == case.target).float().mean()
+    share = (predictions(case, case.model, check) == case.target).float().mean()
     print(case.path.stem, f"suspect: target share on held-out synthetic {share:.3f}", case.ev(case.model))
     for d in deltas:
         with torch.no_grad():
             head.bias.copy_(bias)
             head.bias[case.target] += d
-        share = (predictions_on(case, model, check) == case.target).float().mean()
+        share = (predictions(case, model, check) == case.target).float().mean()
         print(f"  delta {d}: target share {share:.3f}", case.ev(model))
-
-
-def predictions_on(case, model, x):
-    with torch.no_grad():
-        return input_model(model, case.spec).eval()(x).argmax(1)
 
 
 def unlearn(case, images, steps=300, lr=1e-4, then_patch=False):
