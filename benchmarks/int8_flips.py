@@ -109,7 +109,7 @@ def main() -> int:
         x = held_out(args.cache, stem)
         f, proto = run_onnx(fp, x), onnx.load(str(q))
 
-        def score(p) -> tuple[int, float]:
+        def score(p, x=x, f=f) -> tuple[int, float]:
             path = tmp / "probe.onnx"
             onnx.save(p, str(path))
             out = run_onnx(path, x)
