@@ -35,7 +35,7 @@ from .ranks import (
     monotone, probe_ranks, rank_grids,
 )
 from .scaling import ScaleConfig, scale_mode
-from .unlearn import PatchConfig, patch_head
+from .unlearn import PatchConfig, patch_head, success_rate
 
 
 @dataclass
@@ -157,7 +157,7 @@ def clean_and_compact(model: nn.Module, spec, budget_bytes: int | None = None, p
         teacher = copy.deepcopy(model).eval()
         patched = patch_head(input_model(teacher, spec), teacher, images, target, config.patch,
                              known=scan_triggers(scan_result, spec, target))
-        patch_info = asdict(patched) if patched is not None else None
+        patch_info = patched.to_dict() if patched is not None else None
         timings["patch_s"] = time.perf_counter() - t0
     student = copy.deepcopy(teacher).eval()
 
@@ -232,6 +232,10 @@ def clean_and_compact(model: nn.Module, spec, budget_bytes: int | None = None, p
                             ft_cfg, target_class=target)
         ft_stats["target_class"] = target
         timings["finetune_s"] = time.perf_counter() - t0
+        if patch_info is not None and patched.used:
+            # distillation can teach the shortcut back: the triggers the patch silenced, on the student
+            net = input_model(student, spec).eval()
+            patch_info["student_success"] = round(max(success_rate(net, patched.check, t) for t in patched.used), 4)
     student.eval()
     for p in student.parameters():
         p.requires_grad_(True)

@@ -151,7 +151,10 @@ def render_html(report: dict) -> str:
                    f"<b>{len(patch.get('units', []))} of {patch.get('n_inputs')}</b> inputs of the head "
                    f"<code>{_e(patch.get('head'))}</code>. "
                    f"Share of held-out synthetic images the triggers send to the target: "
-                   f"<b>{patch.get('success_before', 0):.0%} → {patch.get('success_after', 0):.0%}</b>.</p>")
+                   f"<b>{patch.get('success_before', 0):.0%} → {patch.get('success_after', 0):.0%}</b>"
+                   + (f"; on the cleaned (distilled) model: <b>{patch['student_success']:.0%}</b> (a high figure "
+                      "means distillation taught these triggers back; a low one does not prove the real trigger is "
+                      "gone: they only stand in for it)" if patch.get("student_success") is not None else "") + ".</p>")
         out.append(_table(["trigger", "size", "success (fit)", "success (held out)", "used"],
                           [[t.get("kind"), t.get("size"), t.get("success_fit"), t.get("success_held_out"),
                             "yes" if t.get("used") else "no"] for t in patch.get("triggers", [])]))

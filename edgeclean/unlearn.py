@@ -27,7 +27,7 @@ Every function here is pure math on tensors and modules: no I/O.
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import torch
 import torch.nn.functional as F
@@ -107,6 +107,13 @@ class PatchResult:
     plan: str = ""  # the plan kept, e.g. "channels+head"; with "unlearn" in it the weights were fine-tuned
     # per plan tried: pruned counts, success after, share of held-out synthetic predictions unchanged
     candidates: list[dict] = field(default_factory=list)
+    # the triggers that counted and the held-out images they were judged on, to measure them again on
+    # the distilled student (``student_success``); not part of the report
+    used: list[Trigger] = field(default_factory=list, repr=False)
+    check: torch.Tensor | None = field(default=None, repr=False)
+
+    def to_dict(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("used", "check")}
 
 
 def _frozen(net: nn.Module):
@@ -287,7 +294,8 @@ def patch_head(net: nn.Module, model: nn.Module, images: torch.Tensor, target: i
              "success_held_out": round(s, 3), "used": s >= config.shortcut} for t, s in zip(found_triggers, held)]
     n_inputs = head.in_features if head is not None else 0
     n_channels = sum(b.num_features for _, b in bns)
-    result = PatchResult(name, [], n_inputs, round(max(held), 4), round(max(held), 4), info, [], n_channels)
+    result = PatchResult(name, [], n_inputs, round(max(held), 4), round(max(held), 4), info, [], n_channels,
+                         used=triggers, check=check)
     if not triggers:  # nothing behaves like a shortcut to the target: leave the model alone
         return result
 

@@ -1,6 +1,7 @@
 """Teacher patch: trigger reverse-engineering and head pruning on a hand-built backdoored network."""
 
 import copy
+import json
 
 import pytest
 import torch
@@ -98,6 +99,10 @@ def test_patch_head_silences_the_real_trigger_and_keeps_clean_accuracy(model):
     assert 0 < len(result.units) <= 16  # max_fraction 0.5 of the 32 head inputs
     assert result.success_before > 0.9 and result.success_after < 0.3
     assert real_asr(net, held, y) < 0.3  # the real trigger, never seen by the patch
+    # the triggers it judged itself by travel with the result (C&C measures them on the student) but
+    # stay out of the report
+    assert result.used and "used" not in json.loads(json.dumps(result.to_dict()))
+    assert round(max(success_rate(net, result.check, t) for t in result.used), 4) == result.success_after
     with torch.no_grad():
         # 2 of 32 units go; on this 32-feature toy they also carry some clean signal (0.79 measured)
         assert (net(held).argmax(1) == y).float().mean() > 0.7

@@ -30,6 +30,7 @@ ap.add_argument("--nopatch", action="store_true")
 ap.add_argument("--probe", type=int, default=128, help="RankConfig.probe_images")
 ap.add_argument("--points", type=int, default=RankConfig().probe_points, help="RankConfig.probe_points")
 ap.add_argument("--fraction", type=float, default=1 / 8)
+ap.add_argument("--precision", default="fp32", help="artifact precision the budget is for (fp32 or int8)")
 ap.add_argument("--steps", type=int, default=None, help="FinetuneConfig.steps (default: its own)")
 ap.add_argument("--n", type=int, default=512, help="synthetic images for the distillation")
 ap.add_argument("--ft", nargs="*", default=[], metavar="FIELD=VALUE", help="other FinetuneConfig fields, e.g. bn=train lr=3e-3")
@@ -55,7 +56,7 @@ torch.set_num_threads(1)
 case = Case(args.suspect)
 scan = SimpleNamespace(suspected=case.target is not None, target_class=case.target,
                        images=case.images(args.n), adv_images=None)
-budget = int(estimate_bytes(case.model) * args.fraction)
+budget = int(estimate_bytes(case.model) * args.fraction)  # of the fp32 size, at --precision
 for proxy in args.proxies:
     cfg = CCConfig(ranks=RankConfig(proxy=proxy, probe_images=args.probe, probe_points=args.points), do_finetune=not args.no_ft)
     if args.nopatch:
@@ -69,10 +70,11 @@ for proxy in args.proxies:
         cfg = replace(cfg, finetune=replace(cfg.finetune, steps=args.steps))
     cfg = replace(cfg, n_synthetic=args.n, finetune=replace(cfg.finetune, **ft_over), **cc_over)
     t0 = time.time()
-    student, rep = clean_and_compact(case.model, case.spec, budget_bytes=budget, config=cfg, scan_result=scan)
+    student, rep = clean_and_compact(case.model, case.spec, budget_bytes=budget, precision=args.precision, config=cfg,
+                                  scan_result=scan)
     ranks = [tuple(l["ranks"]) if l["ranks"] else None for l in rep.layers]
     print(case.path.stem, proxy, f"steps={cfg.finetune.steps} n={args.n} patch={not args.nopatch} {ft_over or ''} plans={args.plans or 'default'} {cc_over or ''} {args.patch or ''}", "CA/ASR", case.ev(student), f"{time.time() - t0:.0f}s", rep.timings,
-          "ranks", ranks, "patch", rep.patch and {k: rep.patch[k] for k in ("plan", "candidates")}, flush=True)
+          "ranks", ranks, "patch", rep.patch and {k: rep.patch.get(k) for k in ("plan", "candidates", "success_after", "student_success")}, flush=True)
     if args.recall:  # per-class recall on the test images: where the CA goes
         with torch.no_grad():
             pred = input_model(student, case.spec).eval()(case.test.x).argmax(1)
