@@ -395,7 +395,7 @@ def run_cmd(model, arch, input_shape, mean, std, target, budget, precision, meth
         before, after = report["scan_before"], report["scan_after"]
         lat = report.get("latency_ms") or {}
         click.echo(f"scan before: {'SUSPECTED, target ' + str(before['target_class']) if before['suspected'] else 'clean'} "
-                   f"(score {before['score']:.2f}); after: {'SUSPECTED' if after['suspected'] else 'clean'} (score {after['score']:.2f})")
+                   f"(score {before['score']:.2f}); after: {'SUSPECTED' if after['suspected'] else 'not suspected'} (score {after['score']:.2f})")
         if report.get("size_bytes") is not None:
             click.echo(f"artifact {out / 'model.onnx'}: {report['size_bytes']:,} bytes {report['precision']} "
                        f"(was {report['original']['size_bytes']:,}); p50 {lat.get('p50', float('nan')):.2f} ms"

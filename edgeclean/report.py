@@ -86,7 +86,9 @@ def _verdict(report: dict) -> tuple[str, str, str]:
         return BAD, "Gate failed: " + ", ".join(failed), "; ".join(gates[k].get("detail", "") for k in failed)
     if before.get("suspected"):
         line = (f"Backdoor suspected before cleaning (target class {before.get('target_class')}, score "
-                f"{before.get('score', 0):.2f}); not suspected after (score {after.get('score', 0):.2f}).")
+                f"{before.get('score', 0):.2f}); not suspected after (score {after.get('score', 0):.2f}). That is the "
+                "scan's verdict on synthetic images, not proof: it has missed a partly removed blended backdoor. "
+                "Test the artifact on triggered data where you have it (edgeclean evaluate).")
         return GOOD, "Cleaned and within budget", line
     return GOOD, "Clean and within budget", "No backdoor suspected before or after; the model was compressed and exported."
 
