@@ -54,9 +54,6 @@ class CCConfig:
     # patch the teacher's head against a trigger reverse-engineered for the scan's suspected target
     # before distilling (unlearn.py); None: distil from the unpatched suspect
     patch: PatchConfig | None = field(default_factory=PatchConfig)
-    # distil the teacher's answer on each clean synthetic image onto the same image stamped with each
-    # trigger the patch used (Neural Cleanse's unlearning, at the student); needs finetune.adv_weight > 0
-    trigger_pairs: bool = False
     seed: int = 0
     progress: bool = False
 
@@ -228,10 +225,6 @@ def clean_and_compact(model: nn.Module, spec, budget_bytes: int | None = None, p
 
     # 6. fine-tune (on 5., the synthetic data, made before the allocation that may measure on it)
     ft_stats = {"steps": 0}
-    if config.do_finetune and config.trigger_pairs and patch_info is not None and patched.used:
-        with torch.no_grad():
-            adv_images = torch.cat([t.apply(images) for t in patched.used])
-        adv_index = torch.arange(len(images)).repeat(len(patched.used))
     if config.do_finetune:
         t0 = time.perf_counter()
         ft_cfg = replace(config.finetune, seed=config.seed, progress=config.progress or config.finetune.progress)
