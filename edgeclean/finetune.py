@@ -39,8 +39,6 @@ class FinetuneConfig:
     online_eps: float = 0.1  # L-inf radius of the online perturbation (raw pixel units)
     online_weight: float = 1.0
     drop_target: bool = False  # distil only on synthetic images the teacher does NOT put in the target class
-    # draw each batch so that every class (the teacher's top-1 on the clean synthetic image) is equally likely
-    balance_classes: bool = False
     # remove the suspected target class from the teacher's soft labels before distilling:
     # "off"; "argmax": only on images the teacher labels target; "all": on every image
     suppress_target: str = "off"
@@ -147,18 +145,12 @@ def finetune(student: nn.Module, teacher: nn.Module, images: torch.Tensor, adv_i
             pred = torch.cat([teacher(images[i:i + 256]).argmax(1) for i in range(0, len(images), 256)])
         keep = (pred != target_class).nonzero().flatten()
         pool = keep if len(keep) else pool
-    weights = None
-    if config.balance_classes:
-        with torch.no_grad():
-            pred = torch.cat([teacher(images[i:i + 256]).argmax(1) for i in range(0, len(images), 256)])[pool]
-        weights = 1.0 / torch.bincount(pred).float()[pred]
     bf16 = use_bf16(config.bf16)
     history, start = [], time.perf_counter()
     bar = _bar(config.progress, config.steps)
     try:
         for step in range(config.steps):
-            idx = pool[torch.randint(0, len(pool), (config.batch_size,), generator=gen) if weights is None
-                       else torch.multinomial(weights, config.batch_size, replacement=True, generator=gen)]
+            idx = pool[torch.randint(0, len(pool), (config.batch_size,), generator=gen)]
             x = augment(images[idx], config, gen)
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
                 with torch.no_grad():
