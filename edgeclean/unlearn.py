@@ -54,9 +54,6 @@ class PatchConfig:
     # 81.7 / 0.4 and lowers ASR on every suspect measured, at -1.6..+0.5 pt of CA
     success_below: float = 0.1
     max_fraction: float = 0.5  # never prune more than this share of the head's inputs
-    # rank units by the trigger's rise minus this times the rise on synthetic images the suspect calls
-    # the target (units the target class itself uses go later)
-    target_discount: float = 0.0
     # where to prune, in order, per plan: "channels" (BatchNorm channels anywhere in the net) then "head"
     # inputs only if the triggers still work; or the head alone. Every plan is tried and the one that
     # silences the triggers while changing the fewest held-out synthetic predictions is kept (data-free
@@ -205,17 +202,11 @@ def head_inputs(net: nn.Module, head: nn.Linear, images: torch.Tensor) -> torch.
     return seen["a"].flatten(1)
 
 
-def excited_units(net: nn.Module, head: nn.Linear, images: torch.Tensor, triggers: list[Trigger],
-                  discount: float = 0.0) -> torch.Tensor:
+def excited_units(net: nn.Module, head: nn.Linear, images: torch.Tensor, triggers: list[Trigger]) -> torch.Tensor:
     """Per head input: the largest (over triggers) rise of its mean activation when a trigger is stamped on."""
-    acts = head_inputs(net, head, images)
-    rises = torch.stack([head_inputs(net, head, t.apply(images)).mean(0) - acts.mean(0) for t in triggers]).max(0).values
-    if discount:
-        with torch.no_grad():
-            is_target = net(images).argmax(1) == triggers[0].target
-        if is_target.any() and (~is_target).any():
-            rises = rises - discount * (acts[is_target].mean(0) - acts[~is_target].mean(0))
-    return rises
+    clean = head_inputs(net, head, images).mean(0)
+    rises = [head_inputs(net, head, t.apply(images)).mean(0) - clean for t in triggers]
+    return torch.stack(rises).max(0).values
 
 
 def named_bn2d(model: nn.Module) -> list[tuple[str, nn.BatchNorm2d]]:
@@ -229,7 +220,7 @@ def named_bn2d(model: nn.Module) -> list[tuple[str, nn.BatchNorm2d]]:
 
 @torch.no_grad()
 def excited_channels(net: nn.Module, bns: list[nn.BatchNorm2d], images: torch.Tensor,
-                     triggers: list[Trigger], discount: float = 0.0) -> torch.Tensor:
+                     triggers: list[Trigger]) -> torch.Tensor:
     """Per BN channel (all layers, flattened in order): the largest (over triggers) rise of the channel's
     input mean when a trigger is stamped on, in units of its running std (the training data's own spread,
     so layers compare) and signed by gamma (a rise that survives BN + ReLU)."""
@@ -247,10 +238,6 @@ def excited_channels(net: nn.Module, bns: list[nn.BatchNorm2d], images: torch.Te
     sign = torch.cat([b.weight.sign() for b in bns])
     clean = means(images)
     rises = torch.stack([means(t.apply(images)) - clean for t in triggers]).max(0).values
-    if discount:
-        is_target = net(images).argmax(1) == triggers[0].target
-        if is_target.any() and (~is_target).any():
-            rises = rises - discount * (means(images[is_target]) - means(images[~is_target]))
     return rises / std * sign
 
 
@@ -389,7 +376,7 @@ def unlearn_stage(net: nn.Module, model: nn.Module, images: torch.Tensor, check:
 def _prune_channels_stage(net, model, bns, images, triggers, config) -> tuple[list[list], float]:
     """Silence the most trigger-excited BN channels (global order over layers) until the triggers fail."""
     owner = [(n, j) for n, b in bns for j in range(b.num_features)]
-    order = excited_channels(net, [b for _, b in bns], images, triggers, config.target_discount).argsort(descending=True).tolist()
+    order = excited_channels(net, [b for _, b in bns], images, triggers).argsort(descending=True).tolist()
     saved = {n: (b.weight.detach().clone(), b.bias.detach().clone()) for n, b in bns}
 
     def prune_first(k: int) -> None:
@@ -406,7 +393,7 @@ def _prune_channels_stage(net, model, bns, images, triggers, config) -> tuple[li
 
 def _prune_head_stage(net, head, images, triggers, config) -> tuple[list[int], float]:
     """Zero the head inputs the triggers excite most until the triggers fail."""
-    units = excited_units(net, head, images, triggers, config.target_discount).argsort(descending=True).tolist()
+    units = excited_units(net, head, images, triggers).argsort(descending=True).tolist()
     original = head.weight.detach().clone()
 
     def prune_first(k: int) -> None:
