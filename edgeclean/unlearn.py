@@ -324,13 +324,24 @@ def patch_head(net: nn.Module, model: nn.Module, images: torch.Tensor, target: i
         cand = {"plan": "+".join(plan), "channels": len(channels), "units": len(units),
                 "success_after": round(after, 4), "unchanged": round(kept, 4)}
         result.candidates.append(cand)
-        key = (silenced, kept if silenced else -after)
+        key = plan_rank(cand, silenced)
         if best is None or key > best[0]:
             best = (key, cand, channels, units, after, copy.deepcopy(model.state_dict()))
     _, cand, result.channels, result.units, after, state = best
     model.load_state_dict(state)
     result.plan, result.success_after = cand["plan"], round(after, 4)
     return result
+
+
+def plan_rank(cand: dict, silenced: bool) -> tuple:
+    """How ``patch_head`` ranks its candidate plans (higher wins). First, whether the triggers are
+    silenced. Then, whether BatchNorm channels alone did it: that removes the trigger's features where they
+    arise, while head pruning only hides them from the classifier. In one of 33 Table 1 cells measured
+    (vgg11_badnets, seed 2), the head plan changed fewer synthetic predictions but left the real trigger
+    working: ASR 20.6 % against 0.0 % (CC_NOTES 18). Last, the share of predictions left unchanged, or
+    for plans that failed, how low the triggers' success got."""
+    at_source = silenced and cand["channels"] > 0 and cand["units"] == 0
+    return (silenced, at_source, cand["unchanged"] if silenced else -cand["success_after"])
 
 
 def unlearn_stage(net: nn.Module, model: nn.Module, images: torch.Tensor, check: torch.Tensor,

@@ -8,8 +8,8 @@ import torch
 from torch import nn
 
 from edgeclean.unlearn import (
-    PatchConfig, apply_patch, classifier_head, excited_units, patch_head, prune_head_units, reverse_trigger,
-    success_rate,
+    PatchConfig, apply_patch, classifier_head, excited_units, patch_head, plan_rank, prune_head_units,
+    reverse_trigger, success_rate,
 )
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -191,3 +191,17 @@ def test_scan_triggers_rebuild_the_scans_grating():
     assert t.target == TARGET
     assert scan_triggers(scan, spec, 0) == []  # the grating pointed elsewhere: nothing to add
     assert scan_triggers(SimpleNamespace(grating_pattern=None), spec, TARGET) == []
+
+
+def test_plan_rank_prefers_silencing_then_channels_alone_then_fewer_changes():
+    def cand(channels, units, unchanged, after=0.05):
+        return {"channels": channels, "units": units, "unchanged": unchanged, "success_after": after}
+
+    channels_alone, head_alone, both = cand(40, 0, 0.97), cand(0, 37, 1.0), cand(120, 30, 0.95)
+    # channels that silence on their own beat a head patch that changes fewer predictions
+    assert plan_rank(channels_alone, True) > plan_rank(head_alone, True)
+    # where the head had to finish the job, the plan that changes fewer predictions wins
+    assert plan_rank(head_alone, True) > plan_rank(both, True)
+    # any silencing plan beats one that failed; among failures, the lower success wins
+    assert plan_rank(both, True) > plan_rank(cand(40, 0, 1.0, after=0.2), False)
+    assert plan_rank(cand(0, 64, 0.9, after=0.12), False) > plan_rank(cand(31, 0, 0.99, after=0.3), False)
