@@ -27,16 +27,11 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from edgeclean.export import Int8Config, quantize_int8, run_onnx  # noqa: E402
-from int8_sweep import current_format, weights_only  # noqa: E402
+from int8_sweep import current_format, top2_margins, weights_only  # noqa: E402
 
 
 def held_out(cache: Path, stem: str) -> np.ndarray:
     return np.concatenate([np.load(cache / f"{stem}.held.npy"), np.load(cache / f"{stem}.held2_512.npy")])
-
-
-def margins(logits: np.ndarray) -> np.ndarray:
-    top2 = np.sort(logits, 1)[:, -2:]
-    return top2[:, 1] - top2[:, 0]
 
 
 def flips(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -87,15 +82,14 @@ def main() -> int:
         weights_only(fp, snap)
         quantize_int8(fp, q, calib, Int8Config())
         quantize_int8(snap, qs, calib, Int8Config())
+        f_x, q_x, fs = run_onnx(fp, x), run_onnx(q, x), run_onnx(snap, x)
         parts = []
-        for name, images in (("synthetic", x), ("real", real)):
-            f, i8 = run_onnx(fp, images), run_onnx(q, images)
-            m, flipped = margins(f), flips(f, i8)
+        for name, f, i8 in (("synthetic", f_x, q_x), ("real", run_onnx(fp, real), run_onnx(q, real))):
+            m, flipped = top2_margins(f), flips(f, i8)
             parts.append(f"{name}: margin<0.1 {np.mean(m < 0.1):.3f} <0.25 {np.mean(m < 0.25):.3f} "
-                         f"flips {flipped.sum()}/{len(images)} largest flipped margin {m[flipped].max() if flipped.any() else 0:.3f}")
-        fs = run_onnx(snap, x)
-        n_int8, n_snap = int(flips(run_onnx(fp, x), run_onnx(q, x)).sum()), int(flips(fs, run_onnx(qs, x)).sum())
-        n_sv = int(flips(fs, run_onnx(fp, x)).sum())
+                         f"flips {flipped.sum()}/{len(f)} largest flipped margin {m[flipped].max() if flipped.any() else 0:.3f}")
+        n_int8, n_snap = int(flips(f_x, q_x).sum()), int(flips(fs, run_onnx(qs, x)).sum())
+        n_sv = int(flips(fs, f_x).sum())
         total["int8"] += n_int8
         total["snapped"] += n_snap
         total["snap_vs_fp32"] += n_sv
