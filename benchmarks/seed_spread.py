@@ -14,22 +14,23 @@ import sys
 from pathlib import Path
 
 
-def cell(folder: Path, suspect: str) -> dict | None:
-    path = folder / "table1" / f"{suspect}__cc.json"
-    return json.loads(path.read_text()) if path.exists() else None
+def cc_cells(folder: Path) -> dict[str, dict]:
+    """suspect -> its C&C cell, read once per folder."""
+    cells = (json.loads(p.read_text()) for p in sorted((folder / "table1").glob("*__cc.json")))
+    return {c["suspect"]: c for c in cells}
 
 
 def main(folders: list[str]) -> int:
-    folders = [Path(f) for f in folders]
-    suspects = sorted({p.name.split("__")[0] for f in folders for p in (f / "table1").glob("*__cc.json")})
-    head = " | ".join(f"seed {cell_seed}" for cell_seed in (_seed(f) for f in folders))
+    by_folder = {Path(f): cc_cells(Path(f)) for f in folders}
+    suspects = sorted({s for cells in by_folder.values() for s in cells})
+    seeds = [",".join(map(str, sorted({c["seed"] for c in cells.values()}))) for cells in by_folder.values()]
     print("C&C at 1/8, CA after / ASR after (%), full test split; Δ CA against the suspect's own fp32 ONNX.\n")
-    print(f"| suspect | {head} | worst ASR | worst Δ CA |")
+    print(f"| suspect | {' | '.join(f'seed {s}' for s in seeds)} | worst ASR | worst Δ CA |")
     print("|---|" + "---|" * len(folders) + "---|---|")
     for s in suspects:
-        cells = [cell(f, s) for f in folders]
         shown, asr, dca = [], [], []
-        for c in cells:
+        for cells in by_folder.values():
+            c = cells.get(s)
             if c is None:
                 shown.append("—")
                 continue
@@ -38,17 +39,10 @@ def main(folders: list[str]) -> int:
             if a is not None:
                 asr.append(a * 100)
             dca.append((c["ca"] - c["ref"]["ca"]) * 100)
-        print(f"| {s} | {' | '.join(shown)} | {max(asr):.1f} | {min(dca):+.1f} |" if asr else
-              f"| {s} | {' | '.join(shown)} | — | {min(dca):+.1f} |")
-    for f in folders:
-        commits = {c["commit"] for s in suspects if (c := cell(f, s))}
-        print(f"\n{f}: commit(s) {', '.join(sorted(commits))}")
+        print(f"| {s} | {' | '.join(shown)} | {f'{max(asr):.1f}' if asr else '—'} | {min(dca):+.1f} |")
+    for f, cells in by_folder.items():
+        print(f"\n{f}: commit(s) {', '.join(sorted({c['commit'] for c in cells.values()}))}")
     return 0
-
-
-def _seed(folder: Path) -> str:
-    seeds = {json.loads(p.read_text())["seed"] for p in (folder / "table1").glob("*__cc.json")}
-    return ",".join(map(str, sorted(seeds)))
 
 
 if __name__ == "__main__":
