@@ -55,11 +55,11 @@ class PatchConfig:
     success_below: float = 0.1
     max_fraction: float = 0.5  # never prune more than this share of the head's inputs
     # where to prune, in order, per plan: "channels" (BatchNorm channels anywhere in the net) then "head"
-    # inputs only if the triggers still work; or the head alone. Every plan is tried and the one that
-    # silences the triggers while changing the fewest held-out synthetic predictions is kept (data-free
-    # fidelity). Measured (CC_NOTES section 9): channels keep more clean accuracy where the backdoor lives
-    # before the head (VGG-11 BadNets / FTrojan, ResNet-18 FTrojan), the head alone where it does not
-    # (VGG-11 WaNet: channels cost 6 pt and left ASR at 99.7%).
+    # inputs only if the triggers still work; or the head alone. Every plan is tried and ``plan_rank``
+    # picks one (silenced; by channels alone; fewest held-out synthetic predictions changed). Measured
+    # (CC_NOTES section 9): channels keep more clean accuracy where the backdoor lives before the head
+    # (VGG-11 BadNets / FTrojan, ResNet-18 FTrojan), the head alone where it does not (VGG-11 WaNet:
+    # channels cost 6 pt and left ASR at 99.7%).
     # "unlearn" (Neural Cleanse's unlearning of the teacher itself, ``unlearn_stage``) keeps the
     # target class's own features, which pruning silences along with the trigger (CC_NOTES 14)
     plans: tuple[tuple[str, ...], ...] = (("channels", "head"), ("head",))
