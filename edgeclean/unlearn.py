@@ -7,8 +7,9 @@ benchmarks/CC_NOTES.md). So the teacher is patched first, Neural-Cleanse style (
 S&P 2019), with synthetic images only:
 
   1. ``reverse_trigger``: for the suspected target class, optimise one trigger shared by all
-     synthetic images that sends them to the target: a mask + pattern (patch triggers) and an
-     L-inf bounded additive perturbation (blended / global triggers).
+     synthetic images that sends them to the target: a mask + pattern (patch triggers), an
+     L-inf bounded additive perturbation (blended / global triggers) and, opt-in, a smooth warp of
+     at most ``warp_px`` pixels (warping triggers such as WaNet, which neither of the others is).
   2. ``excited_channels``: BatchNorm channels anywhere in the net whose input mean rises most, in
      units of the channel's running std, when the trigger is stamped on; they are silenced (gamma
      and beta zero), most excited first, until the triggers send fewer than ``success_below`` of
@@ -36,7 +37,12 @@ from torch import nn
 
 @dataclass
 class PatchConfig:
-    kinds: tuple[str, ...] = ("mask", "additive")  # trigger shapes to reverse-engineer
+    kinds: tuple[str, ...] = ("mask", "additive")  # trigger shapes to reverse-engineer ("warp" too)
+    # "warp": a flow field bicubically upsampled from a warp_grid x warp_grid control grid (WaNet's own
+    # construction, k = 4), each displacement at most warp_px pixels (WaNet's s = 0.5 moves pixels by
+    # about half a pixel on 28 x 28)
+    warp_grid: int = 4
+    warp_px: float = 1.0
     steps: int = 200  # Adam steps per trigger
     mask_weight: float = 5.0  # L1 weight on the mask's mean (Neural Cleanse's lambda, rescaled)
     # L-inf bound of the additive trigger, raw pixel units. Measured (CC_NOTES section 7): at 0.2 a
@@ -83,15 +89,39 @@ class Trigger:
     mask: torch.Tensor | None = None  # 1 x 1 x H x W in [0, 1]
     pattern: torch.Tensor | None = None  # 1 x C x H x W in [0, 1]
     delta: torch.Tensor | None = None  # 1 x C x H x W, |delta| <= eps
+    flow: torch.Tensor | None = None  # 1 x H x W x 2, displacement in grid_sample's [-1, 1] units
 
     def apply(self, x: torch.Tensor) -> torch.Tensor:
         if self.kind == "mask":
             return (1 - self.mask) * x + self.mask * self.pattern
+        if self.kind == "warp":
+            return warp(x, self.flow)
         return (x + self.delta).clamp(0, 1)
 
     def size(self) -> float:
-        """Mask L1 (pixels) or the additive trigger's L-inf norm."""
-        return float(self.mask.sum()) if self.kind == "mask" else float(self.delta.abs().max())
+        """Mask L1 (pixels), the additive trigger's L-inf norm or the warp's largest displacement (pixels)."""
+        if self.kind == "mask":
+            return float(self.mask.sum())
+        if self.kind == "warp":
+            h, w = self.flow.shape[1:3]
+            return float((self.flow.abs() * torch.tensor([(w - 1) / 2, (h - 1) / 2])).max())
+        return float(self.delta.abs().max())
+
+
+def warp(x: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
+    """``x`` resampled at the identity grid plus ``flow`` (1 x H x W x 2, (x, y) in [-1, 1] units)."""
+    n, _, h, w = x.shape
+    ys, xs = torch.meshgrid(torch.linspace(-1, 1, h), torch.linspace(-1, 1, w), indexing="ij")
+    grid = (torch.stack([xs, ys], -1).unsqueeze(0) + flow).clamp(-1, 1)
+    return F.grid_sample(x, grid.expand(n, -1, -1, -1).to(x.dtype), align_corners=True)
+
+
+def warp_flow(control: torch.Tensor, h: int, w: int, bound_px: float) -> torch.Tensor:
+    """A smooth 1 x H x W x 2 flow from a 1 x 2 x k x k control grid (bicubic upsampling), each
+    displacement clamped to ``bound_px`` pixels."""
+    flow = F.interpolate(control, size=(h, w), mode="bicubic", align_corners=True).permute(0, 2, 3, 1)
+    bound = torch.tensor([2 * bound_px / max(w - 1, 1), 2 * bound_px / max(h - 1, 1)])
+    return torch.maximum(torch.minimum(flow, bound), -bound)
 
 
 @dataclass
@@ -169,8 +199,17 @@ def reverse_trigger(net: nn.Module, images: torch.Tensor, target: int, kind: str
                 with torch.no_grad():
                     delta.clamp_(-config.eps, config.eps)
             trig = Trigger(kind, target, 0.0, delta=delta.detach())
+        elif kind == "warp":
+            control = torch.zeros((1, 2, config.warp_grid, config.warp_grid), requires_grad=True)
+            opt = torch.optim.Adam([control], lr=2 * config.warp_px / max(h - 1, 1) / 20)
+            for _ in range(config.steps):
+                loss = loss_of(warp(images, warp_flow(control, h, w, config.warp_px)))
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+            trig = Trigger(kind, target, 0.0, flow=warp_flow(control, h, w, config.warp_px).detach())
         else:
-            raise ValueError(f"unknown trigger kind {kind!r}; use 'mask' or 'additive'")
+            raise ValueError(f"unknown trigger kind {kind!r}; use 'mask', 'additive' or 'warp'")
         trig.success = success_rate(net, images, trig)
         return trig
     finally:
@@ -287,7 +326,7 @@ def patch_head(net: nn.Module, model: nn.Module, images: torch.Tensor, target: i
         fit, check = images[: len(images) // 2], images[len(images) // 2:]
     found_triggers = [reverse_trigger(net, fit, target, kind, config) for kind in config.kinds]
     for t in known:
-        found_triggers.append(Trigger(t.kind, target, success_rate(net, fit, t), t.mask, t.pattern, t.delta))
+        found_triggers.append(Trigger(t.kind, target, success_rate(net, fit, t), t.mask, t.pattern, t.delta, t.flow))
     held = [success_rate(net, check, t) for t in found_triggers]
     triggers = [t for t, s in zip(found_triggers, held) if s >= config.shortcut]
     info = [{"kind": t.kind, "size": round(t.size(), 3), "success_fit": round(t.success, 3),

@@ -3,7 +3,7 @@
     OMP_NUM_THREADS=1 python benchmarks/explore/alloc.py --suspect benchmarks/suspects/vgg11_clean.pt \\
         --proxies energy output [--no-ft] [--nopatch] [--ft FIELD=VALUE ...]
 
-Prints CA / ASR (first 1,000 test images) of the student, the ranks chosen and the stage times.
+Prints CA / ASR (first 1,000 test images; --n-test) of the student, the ranks chosen and the stage times.
 The card's target stands in for the scan's (as in cc1.py); the synthetic images are case.images().
 """
 import argparse
@@ -35,6 +35,7 @@ ap.add_argument("--steps", type=int, default=None, help="FinetuneConfig.steps (d
 ap.add_argument("--n", type=int, default=512, help="synthetic images for the distillation")
 ap.add_argument("--ft", nargs="*", default=[], metavar="FIELD=VALUE", help="other FinetuneConfig fields, e.g. bn=train lr=3e-3")
 ap.add_argument("--plans", default=None, help='PatchConfig.plans, e.g. "channels+head/head/unlearn"')
+ap.add_argument("--n-test", type=int, default=1000, help="test images CA / ASR are measured on (first N)")
 ap.add_argument("--recall", action="store_true", help="also print the student's recall per class")
 ap.add_argument("--cc", nargs="*", default=[], metavar="FIELD=VALUE", help="other CCConfig fields, e.g. n_synthetic=1024")
 ap.add_argument("--patch", nargs="*", default=[], metavar="FIELD=VALUE",
@@ -53,7 +54,7 @@ def overrides(config, pairs: list[str]) -> dict:
 
 ft_over, cc_over = overrides(FinetuneConfig(), args.ft), overrides(CCConfig(), args.cc)
 torch.set_num_threads(1)
-case = Case(args.suspect)
+case = Case(args.suspect, n_test=args.n_test)
 scan = SimpleNamespace(suspected=case.target is not None, target_class=case.target,
                        images=case.images(args.n), adv_images=None)
 budget = int(estimate_bytes(case.model) * args.fraction)  # of the fp32 size, at --precision
@@ -73,7 +74,7 @@ for proxy in args.proxies:
     student, rep = clean_and_compact(case.model, case.spec, budget_bytes=budget, precision=args.precision, config=cfg,
                                   scan_result=scan)
     ranks = [tuple(l["ranks"]) if l["ranks"] else None for l in rep.layers]
-    print(case.path.stem, proxy, f"steps={cfg.finetune.steps} n={args.n} patch={not args.nopatch} {ft_over or ''} plans={args.plans or 'default'} {cc_over or ''} {args.patch or ''}", "CA/ASR", case.ev(student), f"{time.time() - t0:.0f}s", rep.timings,
+    print(case.path.stem, proxy, f"steps={cfg.finetune.steps} n={args.n}{'' if args.n_test == 1000 else f' n_test={args.n_test}'} patch={not args.nopatch} {ft_over or ''} plans={args.plans or 'default'} {cc_over or ''} {args.patch or ''}", "CA/ASR", case.ev(student), f"{time.time() - t0:.0f}s", rep.timings,
           "ranks", ranks, "patch", rep.patch and {k: rep.patch.get(k) for k in ("plan", "candidates", "success_after", "student_success")}, flush=True)
     if args.recall:  # per-class recall on the test images: where the CA goes
         with torch.no_grad():
