@@ -148,7 +148,8 @@ def render_html(report: dict) -> str:
         out.append("<h2>Teacher patch (backdoor unlearning)</h2>")
         out.append(f"<p>Triggers reverse-engineered on synthetic images for the suspected target class; the "
                    f"units they excite most were silenced before distilling (plan <code>{_e(patch.get('plan'))}</code>, "
-                   f"the candidate that changed the fewest synthetic predictions): "
+                   f"chosen among the candidates by: triggers silenced, then by BatchNorm channels alone, then fewest "
+                   f"synthetic predictions changed): "
                    f"<b>{len(patch.get('channels', []))} of {patch.get('n_channels', 0)}</b> BatchNorm channels, then "
                    f"<b>{len(patch.get('units', []))} of {patch.get('n_inputs')}</b> inputs of the head "
                    f"<code>{_e(patch.get('head'))}</code>. "
@@ -157,7 +158,9 @@ def render_html(report: dict) -> str:
                    + (f"; on the cleaned (distilled) model: <b>{patch['student_success']:.0%}</b> (a high figure "
                       "means distillation taught these triggers back; a low one does not prove the real trigger is "
                       "gone: they only stand in for it)" if patch.get("student_success") is not None else "") + ".</p>")
-        out.append(_table(["trigger", "size", "success (fit)", "success (held out)", "used"],
+        # size: a mask's area (L1, pixels), an additive trigger's L-inf (raw pixel units), a warp's largest shift (pixels)
+        out.append(_table(["trigger", "size (mask: area px; additive: max |delta|; warp: max shift px)",
+                           "success (fit)", "success (held out)", "used"],
                           [[t.get("kind"), t.get("size"), t.get("success_fit"), t.get("success_held_out"),
                             "yes" if t.get("used") else "no"] for t in patch.get("triggers", [])]))
 
