@@ -11,7 +11,9 @@ Measured idle (no other job), 2026-11-22, teacher patch included (CC_NOTES secti
 844.6 s with the cifar stem (synthesis 209.0, patch 317.3, distillation 317.3), 128.6 s with the
 imagenet stem (41.9, 36.5, 49.2). Session 4, with the measured rank proxy (CC_NOTES section 13):
 imagenet stem 169.7 s (synthesis 44.5, allocation 23.3, patch 39.1, distillation 61.7); the cifar
-stem was not re-measured.
+stem was not re-measured. Session 7, warp trigger included (CC_NOTES section 19; nothing else running):
+imagenet stem 196.9 s (synthesis 52.8, allocation 24.9, patch 56.4, distillation 61.6); cifar stem
+1277.0 s (252.9, 243.5, 471.8, 306.2).
 """
 
 from __future__ import annotations
