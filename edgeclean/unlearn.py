@@ -379,14 +379,18 @@ def patch_head(net: nn.Module, model: nn.Module, images: torch.Tensor, target: i
     return result
 
 
-def plan_rank(cand: dict, silenced: bool) -> tuple:
+def plan_rank(cand: dict, silenced: bool, source_min_unchanged: float = 0.95) -> tuple:
     """How ``patch_head`` ranks its candidate plans (higher wins). First, whether the triggers are
-    silenced. Then, whether BatchNorm channels alone did it: that removes the trigger's features where they
+    silenced. Then, whether BatchNorm channels alone did it while leaving at least ``source_min_unchanged``
+    of the held-out synthetic predictions as they were: that removes the trigger's features where they
     arise, while head pruning only hides them from the classifier. In one of 33 Table 1 cells measured
     (vgg11_badnets, seed 2), the head plan changed fewer synthetic predictions but left the real trigger
-    working: ASR 20.6 % against 0.0 % (CC_NOTES 18). Last, the share of predictions left unchanged, or
-    for plans that failed, how low the triggers' success got."""
-    at_source = silenced and cand["channels"] > 0 and cand["units"] == 0
+    working: ASR 20.6 % against 0.0 % (CC_NOTES 18); its channels changed 2.9 %. On an unseen ResNet-34
+    WaNet the channels that silenced alone changed 17 % and cost 10 pt of CA against the head plan
+    (CC_NOTES 19), hence the bound. Last, the share of predictions left unchanged, or for plans that
+    failed, how low the triggers' success got."""
+    at_source = (silenced and cand["channels"] > 0 and cand["units"] == 0
+                 and cand["unchanged"] >= source_min_unchanged)
     return (silenced, at_source, cand["unchanged"] if silenced else -cand["success_after"])
 
 

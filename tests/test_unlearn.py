@@ -193,13 +193,15 @@ def test_scan_triggers_rebuild_the_scans_grating():
     assert scan_triggers(SimpleNamespace(grating_pattern=None), spec, TARGET) == []
 
 
-def test_plan_rank_prefers_silencing_then_channels_alone_then_fewer_changes():
+def test_plan_rank_prefers_silencing_then_cheap_channels_alone_then_fewer_changes():
     def cand(channels, units, unchanged, after=0.05):
         return {"channels": channels, "units": units, "unchanged": unchanged, "success_after": after}
 
     channels_alone, head_alone, both = cand(40, 0, 0.97), cand(0, 37, 1.0), cand(120, 30, 0.95)
-    # channels that silence on their own beat a head patch that changes fewer predictions
+    # channels that silence on their own beat a head patch that changes fewer predictions ...
     assert plan_rank(channels_alone, True) > plan_rank(head_alone, True)
+    # ... unless they change more than 5% of them (then fewer changes decide)
+    assert plan_rank(head_alone, True) > plan_rank(cand(211, 0, 0.83), True)
     # where the head had to finish the job, the plan that changes fewer predictions wins
     assert plan_rank(head_alone, True) > plan_rank(both, True)
     # any silencing plan beats one that failed; among failures, the lower success wins
