@@ -115,11 +115,16 @@ def grid_units_per_px(h: int, w: int) -> torch.Tensor:
     return torch.tensor([2 / max(w - 1, 1), 2 / max(h - 1, 1)])
 
 
+def identity_grid(h: int, w: int) -> torch.Tensor:
+    """1 x H x W x 2: every pixel centre's own (x, y) in grid_sample's [-1, 1] coordinates (align_corners)."""
+    ys, xs = torch.meshgrid(torch.linspace(-1, 1, h), torch.linspace(-1, 1, w), indexing="ij")
+    return torch.stack([xs, ys], -1).unsqueeze(0)
+
+
 def warp(x: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
     """``x`` resampled at the identity grid plus ``flow`` (1 x H x W x 2, (x, y) in [-1, 1] units)."""
     n, _, h, w = x.shape
-    ys, xs = torch.meshgrid(torch.linspace(-1, 1, h), torch.linspace(-1, 1, w), indexing="ij")
-    grid = (torch.stack([xs, ys], -1).unsqueeze(0) + flow).clamp(-1, 1)
+    grid = (identity_grid(h, w) + flow).clamp(-1, 1)
     return F.grid_sample(x, grid.expand(n, -1, -1, -1).to(x.dtype), align_corners=True)
 
 

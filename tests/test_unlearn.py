@@ -43,8 +43,13 @@ def backdoored(bn=False):
         net = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.AvgPool2d(4), nn.Flatten(), nn.Linear(32, 3))
     x, y = clean_images(600, 1)
     x[:60], y[:60] = stamp(x[:60]), TARGET
-    opt = torch.optim.Adam(net.parameters(), lr=0.02)
-    for step in range(200):
+    return train(net, x, y, steps=200, lr=0.02)
+
+
+def train(net, x, y, steps, lr):
+    """Adam on cross-entropy, batches of 64 drawn with a fixed seed per step; returns ``net`` in eval mode."""
+    opt = torch.optim.Adam(net.parameters(), lr=lr)
+    for step in range(steps):
         i = torch.randint(0, len(x), (64,), generator=torch.Generator().manual_seed(step))
         loss = torch.nn.functional.cross_entropy(net(x[i]), y[i])
         opt.zero_grad()
@@ -237,14 +242,7 @@ def test_reverse_warp_trigger_finds_a_learnt_warp():
                         nn.AvgPool2d(4), nn.Flatten(), nn.Linear(64, 3))
     x, y = clean_images(1200, 1)
     x[:120], y[:120] = warp(x[:120], flow), TARGET
-    opt = torch.optim.Adam(net.parameters(), lr=0.01)
-    for step in range(400):
-        i = torch.randint(0, len(x), (64,), generator=torch.Generator().manual_seed(step))
-        loss = torch.nn.functional.cross_entropy(net(x[i]), y[i])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    net.eval()
+    train(net, x, y, steps=400, lr=0.01)
     test, ty = clean_images(256, 2)
     with torch.no_grad():
         assert (net(warp(test[ty != TARGET], flow)).argmax(1) == TARGET).float().mean() > 0.9  # learnt the backdoor

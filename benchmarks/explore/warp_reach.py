@@ -18,7 +18,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from case import Case  # noqa: E402
 from edgeclean.attacks import wanet_grid  # noqa: E402
 from edgeclean.load import input_model  # noqa: E402
-from edgeclean.unlearn import PatchConfig, grid_units_per_px, reverse_trigger, success_rate  # noqa: E402
+from edgeclean.unlearn import PatchConfig, grid_units_per_px, identity_grid, reverse_trigger, success_rate  # noqa: E402
 
 ap = argparse.ArgumentParser()
 ap.add_argument("suspects", nargs="+")
@@ -40,7 +40,6 @@ for path in args.suspects:
               f"{time.time() - t0:.0f}s", flush=True)
     if case.attack == "wanet":
         h, w = case.spec.input_shape[1:]
-        ys, xs = torch.meshgrid(torch.linspace(-1, 1, h), torch.linspace(-1, 1, w), indexing="ij")
-        shift = (wanet_grid(h, w, case.params) - torch.stack([xs, ys], -1)) / grid_units_per_px(h, w)
+        shift = (wanet_grid(h, w, case.params) - identity_grid(h, w)) / grid_units_per_px(h, w)
         print(f"  {case.path.stem}: the real warp moves pixels by at most {float(shift.abs().max()):.2f} px "
               f"(mean {float(shift.abs().mean()):.2f})", flush=True)
