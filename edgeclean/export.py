@@ -114,8 +114,12 @@ class Int8Config:
     calibration_batch: int = 16  # images per calibration batch (with moving_average: per averaged range)
     symmetric_activations: bool = False
     # node kinds left float (not quantised): "first_conv" (reads the normalised input), "classifier"
-    # (the layer that writes the logits)
-    keep_fp32: tuple[str, ...] = ("classifier",)
+    # (the layer that writes the logits), "smooth_stem" (the first conv and its activation when that is
+    # not a ReLU / ReLU6, which onnxruntime folds into the conv's output range: a SiLU stem's conv output
+    # is quantised over its full signed range and its product again. Measured on an unseen UserNet with a
+    # SiLU stem (CC_NOTES 20), int8 agreement with fp32 on 256 held-out synthetic / 2,000 real images:
+    # 87.5 / 98.4 % -> 94.1 / 99.2 % and 93.8 / 97.9 % -> 98.8 / 99.4 %, same file size; a ReLU stem is untouched)
+    keep_fp32: tuple[str, ...] = ("classifier", "smooth_stem")
     # a weight whose layer has at most this many output channels gets one scale for the whole tensor
     # instead of one per channel (saves 4 bytes a channel on the small factor convs); 0: per channel everywhere
     per_tensor_max_channels: int = 0
@@ -774,6 +778,32 @@ def _any_per_tensor(cfg: Int8Config) -> bool:
     return cfg.per_tensor_max_channels > 0 or cfg.per_tensor_max_fan_in > 0
 
 
+# activations onnxruntime folds into the preceding conv's quantised output range
+FOLDED_ACTIVATIONS = ("Relu", "Clip")
+
+
+def smooth_stem(nodes) -> list[str]:
+    """Names of the first Conv and of the nodes computed from its output alone (its activation, e.g.
+    SiLU's Sigmoid and Mul, and a pooling after it) when that activation is not one of
+    ``FOLDED_ACTIVATIONS``; [] for a ReLU / ReLU6 stem, a pre-activation stem or a graph without Conv."""
+    first = next((n for n in nodes if n.op_type == "Conv"), None)
+    if first is None:
+        return []
+    readers = [n for n in nodes if first.output[0] in n.input]
+    # a pre-activation net's stem feeds an unfolded BN (float anyway): left as it was
+    if not readers or any(n.op_type in FOLDED_ACTIVATIONS + ("BatchNormalization",) for n in readers):
+        return []
+    nodes = list(nodes)
+    computed = {t for n in nodes for t in n.output}  # not weights, constants or the graph input
+    names, made = [first.name], set(first.output)
+    for n in nodes[nodes.index(first) + 1:]:  # topological order: a node's inputs come before it
+        tensors = [t for t in n.input if t in computed]
+        if n.op_type not in ("Conv", "Gemm", "MatMul") and tensors and all(t in made for t in tensors):
+            names.append(n.name)
+            made.update(n.output)
+    return names
+
+
 def _quant_options(nodes, inits: dict, cfg: Int8Config) -> tuple[list[str], dict]:
     """nodes_to_exclude and extra_options for ``quantize_static`` from ``cfg`` on the float graph."""
     # The input normalisation stays float: quantising it costs three Q/DQ pairs and int8 copies
@@ -783,6 +813,8 @@ def _quant_options(nodes, inits: dict, cfg: Int8Config) -> tuple[list[str], dict
         exclude += [n.name for n in nodes if n.op_type == "Conv"][:1]
     if "classifier" in cfg.keep_fp32:
         exclude += [n.name for n in nodes if n.op_type in ("Gemm", "MatMul")][-1:]
+    if "smooth_stem" in cfg.keep_fp32:
+        exclude += [name for name in smooth_stem(nodes) if name not in exclude]
     extra: dict = {"QuantizeBias": cfg.quantize_bias}
     if cfg.symmetric_activations:
         extra["ActivationSymmetric"] = True

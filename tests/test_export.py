@@ -430,15 +430,48 @@ def test_int8_default_keeps_classifier_float(tmp_path):
     out = tmp_path / "q.onnx"
     info = export(model, spec, out, precision="int8", calib=calib,
                   config=ExportConfig(int8_min_agreement=0.0, write_ort=False))
-    assert info["config"]["int8"]["keep_fp32"] == ("classifier",)
+    assert info["config"]["int8"]["keep_fp32"] == ("classifier", "smooth_stem")
     assert info["config"]["int8"]["calibrate_method"] == "minmax"
     g = onnx.load(str(out)).graph
     inits = {t.name: t for t in g.initializer}
     assert inits["fc.w"].data_type == onnx.TensorProto.FLOAT
+    assert inits["conv1.w"].data_type == onnx.TensorProto.INT8  # a ReLU stem is quantised ("smooth_stem")
     assert inits["conv2.1.w"].data_type == onnx.TensorProto.INT8
     assert list(weight_scale(onnx.load(str(out)), "conv2.2").dims) == [16]  # per channel
     gemm = next(n for n in g.node if n.op_type == "Gemm")
     assert gemm.name == "fc/Gemm" and gemm.input[1] == "fc.w"  # no DQ in front of the float classifier
+
+
+class SiLUStemNet(ThreeConvNet):
+    def forward(self, x):
+        x = nn.functional.silu(self.bn1(self.conv1(x)))
+        x = torch.relu(self.bn2(self.conv2(x)))
+        return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
+
+
+def test_int8_keeps_a_silu_stem_float(tmp_path):
+    """onnxruntime folds ReLU into the conv's quantised range but not SiLU (Sigmoid x Mul): the first
+    conv and its SiLU stay float ("smooth_stem"); the next conv is quantised, outputs stay close."""
+    from edgeclean.export import smooth_stem
+
+    torch.manual_seed(0)
+    model = randomize_bn(SiLUStemNet())
+    spec = ModelSpec(arch="silu", input_shape=(3, 8, 8), mean=(0.5, 0.4, 0.3), std=(0.2, 0.25, 0.3))
+    fp32, q = tmp_path / "f.onnx", tmp_path / "q.onnx"
+    export(model, spec, fp32, config=ExportConfig(write_ort=False))
+    nodes = onnx.load(str(fp32)).graph.node
+    kept = [n.op_type for n in nodes if n.name in smooth_stem(nodes)]
+    assert kept == ["Conv", "Sigmoid", "Mul"], kept
+    calib = np.random.default_rng(3).random((16, 3, 8, 8), dtype=np.float32)
+    export(model, spec, q, precision="int8", calib=calib, config=ExportConfig(int8_min_agreement=0.0, write_ort=False))
+    inits = {t.name: t for t in onnx.load(str(q)).graph.initializer}
+    assert inits["conv1.w"].data_type == onnx.TensorProto.FLOAT
+    assert inits["conv2.0.w"].data_type == onnx.TensorProto.INT8
+    relu = tmp_path / "relu.onnx"
+    export(randomize_bn(ThreeConvNet()), spec, relu, config=ExportConfig(write_ort=False))
+    assert smooth_stem(onnx.load(str(relu)).graph.node) == []  # a ReLU stem is left to the quantiser
+    x = calib[:4]
+    assert np.abs(ort_run(q, x) - ort_run(fp32, x)).max() < 0.1 * np.abs(ort_run(fp32, x)).max()
 
 
 def test_cross_layer_equalisation_keeps_fp32_and_equalises_ranges(tmp_path):
