@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 
 from case import carded
+from edgeclean.probe import PatchProbeConfig
 from edgeclean.scan import DEFAULT_THRESHOLD, ScanConfig, scan
 
 ROOT = Path(__file__).resolve().parent
@@ -44,6 +45,8 @@ def main():
     ap.add_argument("--uap-steps", type=int, default=None, help="universal perturbation steps")
     ap.add_argument("--no-trigger", action="store_true", help="skip the trigger reverse-engineering probe")
     ap.add_argument("--no-grating", action="store_true", help="skip the grating probe")
+    ap.add_argument("--patch-steps", type=int, default=None,
+                    help="add the small-patch probe (reported, not in the verdict) with this many steps")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (1 is faster on a loaded machine)")
     ap.add_argument("--out", default=None, help="write the rows as JSON here")
     ap.add_argument("--from-json", default=None, help="re-judge the rows of an earlier --out (no scanning)")
@@ -59,6 +62,8 @@ def main():
         cfg.trigger = None
     if args.no_grating:
         cfg.grating = None
+    if args.patch_steps:
+        cfg.patch = PatchProbeConfig(steps=args.patch_steps)
     if args.n:
         cfg.n = args.n
     if args.iterations:
@@ -104,12 +109,14 @@ def main():
                "universal_success": r.universal_success, "inconclusive": r.inconclusive,
                "grating_gap": r.grating_gap, "grating_target": r.grating_target, "grating_shares": r.grating_shares,
                "grating_pattern": r.grating_pattern, "grating_median": r.grating_median,
+               "patch_gap": r.patch_gap, "patch_target": r.patch_target, "patch_shares": r.patch_shares,
                "timings": r.timings, "load": round(os.getloadavg()[0], 1),
                "trigger_mask_l1": r.trigger_mask_l1, "trigger_success": r.trigger_success, "clean_histogram": r.clean_histogram, "flip_histogram": r.flip_histogram}
         rows.append(row)
         print(f"{row['model']:<22} {attack:<8} true {str(row['true_target']):>4}  pred {str(r.target_class):>4}  "
               f"score {r.score:6.2f}  {'SUSPECTED' if r.suspected else 'clean    '}  [{r.basis[:24]}] ratio {r.softmax_ratio:.2f}->{r.softmax_target} "
-              f"gap {r.universal_gap}->{r.universal_target}  grating {r.grating_gap}->{r.grating_target}  flip {r.flip_index:5.2f}->{r.flip_target} "
+              f"gap {r.universal_gap}->{r.universal_target}  grating {r.grating_gap}->{r.grating_target}  "
+              f"patch {r.patch_gap}->{r.patch_target}  flip {r.flip_index:5.2f}->{r.flip_target} "
               f"trigger {row['trigger_index']}->{r.trigger_target}  conc {r.concentration:.2f}->{r.concentration_target}  spread {row['prediction_spread']:.2f}  "
               f"flips {r.flip_histogram}  clean {r.clean_histogram}  {row['seconds']}s", flush=True)
     if not rows:
@@ -155,7 +162,8 @@ def main():
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = out.with_name(out.name + ".tmp")
         meta = {**vars(args), "n": cfg.n, "universal": vars(cfg.universal) if cfg.universal else None,
-                "grating": vars(cfg.grating) if cfg.grating else None, "grating_threshold": cfg.grating_threshold, "iterations": cfg.synth.iterations, "norm": cfg.probe.norm,
+                "grating": vars(cfg.grating) if cfg.grating else None, "grating_threshold": cfg.grating_threshold,
+                "patch": vars(cfg.patch) if cfg.patch else None, "iterations": cfg.synth.iterations, "norm": cfg.probe.norm,
                 "eps": cfg.probe.eps, "steps": cfg.probe.steps, "threshold": cfg.threshold}
         tmp.write_text(json.dumps({"config": meta, "rows": rows}, indent=2) + "\n")
         os.replace(tmp, out)

@@ -52,7 +52,12 @@ on 2 of 6 scans.
 Reported beside the verdict, not used (measurement showed them confounded): the prediction-count
 z-score (``concentration_index``, the previous verdict: a compressed clean ResNet-18 reached 5.4),
 untargeted PGD flips (``probe``, ``flip_index``: a clean model's hub class collects as many flips)
-and, optionally, Neural-Cleanse trigger masks (``ScanConfig.trigger``; separates on ResNets only).
+and, optionally, Neural-Cleanse trigger masks (``ScanConfig.trigger``; separates on ResNets only) and the
+small-patch probe (``ScanConfig.patch``, ``probe.patch_probe``: per class, the held-out share a universal
+patch of 2 % of the image moves there). That one was tried for a miss: an unseen user-defined net with BN
+in its early layers only hides a 4 x 4 checkerboard patch from the ratio (1.01) and the universal gap
+(0.06; every class is reached at L-inf 0.1 there); its patch gap points at the target (0.08 at 100 steps,
+0.13-0.21 at 300), but the same net trained clean reaches 0.02-0.11, so it is not a verdict (CC_NOTES 20).
 
 The synthetic images, the clean predictions, the adversarial images and their predictions stay
 in the ``ScanResult``: Clean & Compact fine-tunes on them.
@@ -68,12 +73,14 @@ from torch import nn
 
 from .probe import (
     GratingConfig,
+    PatchProbeConfig,
     ProbeConfig,
     ProbeResult,
     TriggerConfig,
     frozen_eval,
     grating_probe,
     low_outlier_index,
+    patch_probe,
     probe,
     trigger_probe,
     universal_perturbation,
@@ -131,6 +138,8 @@ class ScanConfig:
     grating: GratingConfig | None = field(default_factory=GratingConfig)  # None: no grating probe
     grating_threshold: float = GRATING_THRESHOLD
     grating_baseline: float = GRATING_BASELINE
+    # PatchProbeConfig() adds the small-patch evidence (reported, not in the verdict: CC_NOTES 20)
+    patch: PatchProbeConfig | None = None
     threshold: float = DEFAULT_THRESHOLD
     progress: bool = False
     threads: int | None = None  # torch threads during the scan (1 is faster on an oversubscribed CPU)
@@ -171,6 +180,9 @@ class ScanResult:
     grating_target: int | None = None
     grating_pattern: list | None = None  # the top class's grating: [axis, cycles over the side, phase step]
     grating_median: list[float] | None = None  # per class: median share over all gratings (screening)
+    patch_shares: list[float] | None = None  # per class: held-out share a 2%-area universal patch moves into it
+    patch_gap: float | None = None  # top share minus the runner-up's
+    patch_target: int | None = None
     # Tensors reused by fine-tuning (omitted from to_dict):
     images: torch.Tensor | None = None
     clean_pred: torch.Tensor | None = None
@@ -201,6 +213,9 @@ class ScanResult:
             "grating_gap": None if self.grating_gap is None else round(self.grating_gap, 4),
             "grating_target": self.grating_target, "grating_pattern": self.grating_pattern,
             "grating_median": None if self.grating_median is None else [round(v, 4) for v in self.grating_median],
+            "patch_shares": None if self.patch_shares is None else [round(v, 4) for v in self.patch_shares],
+            "patch_gap": None if self.patch_gap is None else round(self.patch_gap, 4),
+            "patch_target": self.patch_target,
         }
 
 
@@ -342,6 +357,11 @@ def _scan(model: nn.Module, spec, config: ScanConfig, callback) -> ScanResult:
         with frozen_eval(model):
             grat = grating_probe(net, images, spec.num_classes, config.grating)
     t5 = time.perf_counter()
+    patch = None
+    if config.patch is not None:
+        with frozen_eval(model):
+            patch = patch_probe(net, images, spec.num_classes, config.patch)
+    t6 = time.perf_counter()
     flips, clean_counts = result.flip_histogram(), torch.bincount(clean_pred, minlength=spec.num_classes).tolist()
     flip = flip_index(flips, clean_counts)
     conc = concentration_index(clean_counts)
@@ -350,6 +370,7 @@ def _scan(model: nn.Module, spec, config: ScanConfig, callback) -> ScanResult:
     # by construction, so only the flip evidence is left (uncalibrated; said in ``basis``).
     gap = universal_gap(uni) if uni is not None else None
     ggap = grating_gap(grat.shares, grat.median_shares, config.grating_baseline) if grat is not None else None
+    pgap = universal_gap(patch.shares) if patch is not None else None
     ratio = softmax_ratio(mean_softmax)
     top_share = max(clean_counts) / max(sum(clean_counts), 1)
     inconclusive = False
@@ -383,18 +404,22 @@ def _scan(model: nn.Module, spec, config: ScanConfig, callback) -> ScanResult:
         trigger_mask_l1=None if trig is None else trig.mask_l1, trigger_success=None if trig is None else trig.success,
         synthesis=synthesis,
         timings={"synth_s": round(t1 - t0, 2), "probe_s": round(t2 - t1, 2), "trigger_s": round(t3 - t2, 2),
-                 "universal_s": round(t4 - t3, 2), "grating_s": round(t5 - t4, 2), "total_s": round(t5 - t0, 2)},
+                 "universal_s": round(t4 - t3, 2), "grating_s": round(t5 - t4, 2), "patch_s": round(t6 - t5, 2),
+                 "total_s": round(t6 - t0, 2)},
         config={"n": config.n, "synth_iterations": synth_cfg.iterations, "synth_batch": synth_cfg.batch_size,
                 "seed": synth_cfg.seed, "norm": config.probe.norm, "eps": config.probe.eps, "steps": config.probe.steps,
                 "universal": None if config.universal is None else vars(config.universal),
                 "ratio_threshold": config.ratio_threshold, "gap_threshold": config.gap_threshold,
                 "collapse_share": config.collapse_share,
                 "grating": None if config.grating is None else vars(config.grating),
-                "grating_threshold": config.grating_threshold, "grating_baseline": config.grating_baseline},
+                "grating_threshold": config.grating_threshold, "grating_baseline": config.grating_baseline,
+                "patch": None if config.patch is None else vars(config.patch)},
         softmax_ratio=ratio[1], softmax_target=ratio[0], mean_softmax=mean_softmax, inconclusive=inconclusive,
         universal_success=uni, universal_gap=None if gap is None else gap[1], universal_target=None if gap is None else gap[0],
         grating_shares=None if grat is None else grat.shares, grating_gap=None if ggap is None else ggap[1],
         grating_target=None if ggap is None else ggap[0], grating_median=None if grat is None else grat.median_shares,
         grating_pattern=None if ggap is None or ggap[0] is None else list(grat.gratings[ggap[0]] or []) or None,
+        patch_shares=None if patch is None else patch.shares, patch_gap=None if pgap is None else pgap[1],
+        patch_target=None if pgap is None else pgap[0],
         images=images, clean_pred=clean_pred, adv_images=result.adv_images, adv_pred=result.adv_pred,
     )
