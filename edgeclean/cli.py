@@ -372,10 +372,12 @@ def bench_cmd(model, target, threads, runs, warmup, as_json, setup, force):
 @click.option("--out", "out_dir", default=None, help="Output directory (default: export/<model stem>/).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print report.json only.")
+@click.option("--backdoor-target", type=int, default=None, metavar="CLASS",
+              help="Class you suspect the backdoor targets: cleaning acts on it whatever the scan says.")
 @click.option("--quiet", is_flag=True, help="No progress output; only the final line.")
 @handle_errors
 def run_cmd(model, arch, input_shape, mean, std, target, budget, precision, method, clean_data, ngf_layer,
-            out_dir, seed, as_json, quiet):
+            out_dir, seed, as_json, backdoor_target, quiet):
     """Clean MODEL of backdoors, compress it to --budget, export ONNX and measure it on --target.
 
     Exit 0: within budget, parity passed, no backdoor suspected after cleaning; 1: a gate failed
@@ -387,7 +389,7 @@ def run_cmd(model, arch, input_shape, mean, std, target, budget, precision, meth
     err = make_console(stderr=True)
     log = None if (quiet or as_json) else (lambda msg: err.print(msg, highlight=False, markup=False))
     config = RunConfig(method=method, target=target, budget=budget, precision=precision, clean_data=clean_data,
-                       ngf_layer=ngf_layer, out_dir=out_dir, seed=seed)
+                       ngf_layer=ngf_layer, out_dir=out_dir, seed=seed, backdoor_target=backdoor_target)
     report, out = run(model, config, dict(arch=arch, input_shape=input_shape, mean=mean, std=std), log=log)
     if as_json:
         click.echo(json.dumps(report, indent=1))
@@ -395,7 +397,8 @@ def run_cmd(model, arch, input_shape, mean, std, target, budget, precision, meth
         before, after = report["scan_before"], report["scan_after"]
         lat = report.get("latency_ms") or {}
         click.echo(f"scan before: {'SUSPECTED, target ' + str(before['target_class']) if before['suspected'] else 'clean'} "
-                   f"(score {before['score']:.2f}); after: {'SUSPECTED' if after['suspected'] else 'not suspected'} (score {after['score']:.2f})")
+                   f"(score {before['score']:.2f}); after: {'SUSPECTED' if after['suspected'] else 'not suspected'} (score {after['score']:.2f})"
+                   + (f"; cleaned against class {backdoor_target} (--backdoor-target)" if backdoor_target is not None else ""))
         if report.get("size_bytes") is not None:
             click.echo(f"artifact {out / 'model.onnx'}: {report['size_bytes']:,} bytes {report['precision']} "
                        f"(was {report['original']['size_bytes']:,}); p50 {lat.get('p50', float('nan')):.2f} ms"

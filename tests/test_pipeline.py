@@ -53,6 +53,7 @@ def test_bad_inputs_exit_2_and_leave_nothing(tmp_path, tiny, cli):
     torch.save(nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 16), nn.ReLU(), nn.Linear(16, 10)).state_dict(), tmp_path / "mlp.pt")
     cases.append((["run", tmp_path / "mlp.pt", "--arch", f"{tmp_path / 'mlp.py'}:make"], "no conv2d layers"))
     cases.append((["run", tiny, "--budget", "four megabytes"], "--budget"))
+    cases.append((["run", tiny, "--backdoor-target", "4"], "--backdoor-target"))  # 4 classes: 0..3
     blocker = tmp_path / "a_file"
     blocker.write_text("x")
     for args, needle in cases:
@@ -189,6 +190,22 @@ def test_run_cli_exit_code_reflects_gates(tmp_path, tiny_wide, cli):
     assert result.returncode == (1 if failed else 0), result.stderr
     if failed:
         assert failed[0] in result.stderr.splitlines()[-1]
+
+
+def test_backdoor_target_makes_cleaning_act_whatever_the_scan_says(tmp_path, tiny_wide):
+    """A random net is not suspected, so C&C leaves it unpatched; with --backdoor-target the patch
+    reverse-engineers triggers for that class. The scan's own verdict is reported unchanged."""
+    reports = {}
+    for target in (None, 1):
+        cfg = RunConfig(method="cc", budget="40KB", precision="fp32", out_dir=tmp_path / f"bt{target}", bench_runs=2,
+                        bench_warmup=1, extra=_fast_extra(), backdoor_target=target)
+        reports[target] = run(tiny_wide, cfg, {"input_shape": "1x16x16"})[0]
+    assert not reports[None]["scan_before"]["suspected"] and reports[None]["cc"]["patch"] is None
+    assert reports[1]["backdoor_target"] == 1
+    for key in ("suspected", "target_class", "score", "basis"):
+        assert reports[1]["scan_before"][key] == reports[None]["scan_before"][key], key
+    patch = reports[1]["cc"]["patch"]
+    assert patch is not None and {t["kind"] for t in patch["triggers"]} >= {"mask", "additive"}
 
 
 @pytest.mark.parametrize("exc", [KeyboardInterrupt, RuntimeError])
