@@ -1,0 +1,46 @@
+"""CA / ASR / target recall of a model with train_user.py's triggers, on the Fashion-MNIST test split:
+an edgeclean artifact (.onnx, raw pixels), a cleaned.safetensors, or the suspect .pt (with its card).
+
+    python benchmarks/unseen/eval_user.py export/user_checker_t5/model.onnx checker 5
+"""
+import os
+import sys
+
+import numpy as np
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from train_user import trigger  # noqa: E402
+
+from edgeclean.data import load_fashion_mnist  # noqa: E402
+from edgeclean.load import input_model, load_suspect  # noqa: E402
+
+
+def predictor(path: str):
+    if path.endswith(".onnx"):
+        import onnxruntime as ort
+
+        sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+        name = sess.get_inputs()[0].name
+        return lambda x: np.concatenate([sess.run(None, {name: x[i:i + 500].numpy()})[0]
+                                         for i in range(0, len(x), 500)]).argmax(1)
+    model, spec = load_suspect(path)
+    net = input_model(model.eval(), spec).eval()
+    return lambda x: torch.cat([net(x[i:i + 500]).argmax(1) for i in range(0, len(x), 500)]).numpy()
+
+
+def main(path: str, kind: str, target: int) -> None:
+    test = load_fashion_mnist("test")
+    x, y = test.x, test.y.numpy()
+    f = predictor(path)
+    with torch.no_grad():
+        ca = (f(x) == y).mean()
+        keep = y != target
+        hit = f(trigger(x[torch.from_numpy(keep)], kind))
+        recall = (f(x[torch.from_numpy(y == target)]) == target).mean()
+    print(f"{path}: CA {ca * 100:.2f} ASR {(hit == target).mean() * 100:.2f} "
+          f"R-Acc {(hit == y[keep]).mean() * 100:.2f} target recall {recall * 100:.1f}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2], int(sys.argv[3]))
