@@ -84,13 +84,20 @@ def _verdict(report: dict) -> tuple[str, str, str]:
     before, after = report.get("scan_before") or {}, report.get("scan_after") or {}
     if failed:
         return BAD, "Gate failed: " + ", ".join(failed), "; ".join(gates[k].get("detail", "") for k in failed)
-    if before.get("suspected"):
-        line = (f"Backdoor suspected before cleaning (target class {before.get('target_class')}, score "
-                f"{before.get('score', 0):.2f}); not suspected after (score {after.get('score', 0):.2f}). That is the "
+    forced = report.get("backdoor_target")
+    if before.get("suspected") or forced is not None:
+        why = (f"Backdoor suspected before cleaning (target class {before.get('target_class')}, score "
+               f"{before.get('score', 0):.2f})" if before.get("suspected") else
+               f"Cleaned against class {forced} as asked (--backdoor-target); the scan had not suspected the model "
+               f"(score {before.get('score', 0):.2f})")
+        line = (f"{why}; not suspected after (score {after.get('score', 0):.2f}). That is the "
                 "scan's verdict on synthetic images, not proof: it has missed a partly removed blended backdoor. "
                 "Test the artifact on triggered data where you have it (edgeclean evaluate).")
         return GOOD, "Cleaned and within budget", line
-    return GOOD, "Clean and within budget", "No backdoor suspected before or after; the model was compressed and exported."
+    return GOOD, "Clean and within budget", (
+        "No backdoor suspected before or after; the model was compressed and exported. The scan can miss a backdoor: "
+        "a patch trigger in a net whose BatchNorm layers are all early went unseen (CC_NOTES 20); if you suspect a "
+        "class, run again with --backdoor-target CLASS.")
 
 
 CSS = """

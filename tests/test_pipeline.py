@@ -206,6 +206,10 @@ def test_backdoor_target_makes_cleaning_act_whatever_the_scan_says(tmp_path, tin
         assert reports[1]["scan_before"][key] == reports[None]["scan_before"][key], key
     patch = reports[1]["cc"]["patch"]
     assert patch is not None and {t["kind"] for t in patch["triggers"]} >= {"mask", "additive"}
+    from edgeclean.report import render_html
+
+    assert "Cleaned against class 1 as asked" in render_html({**reports[1], "gates": {}})  # the report says why
+    assert "--backdoor-target CLASS" in render_html({**reports[None], "gates": {}})  # and how, when nothing was
 
 
 @pytest.mark.parametrize("exc", [KeyboardInterrupt, RuntimeError])
