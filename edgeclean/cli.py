@@ -219,6 +219,10 @@ def scan_cmd(model, arch, input_shape, mean, std, n, iterations, norm, eps, step
                    "[bold yellow]inconclusive[/bold yellow]" if result.inconclusive else "[bold green]looks clean[/bold green]")
         console.print(f"{model}: {verdict}  target class {result.target_class}  "
                       f"score {result.score:.2f} (threshold {result.threshold:.2f}; {result.basis})")
+        if not result.suspected:
+            console.print("the scan can miss a backdoor (a patch trigger in a net whose BatchNorm layers are all early "
+                          "went unseen); if you suspect a class: edgeclean run MODEL --backdoor-target CLASS",
+                          highlight=False)
         if result.softmax_ratio is not None:
             gap = ("" if result.universal_gap is None else
                    f"; universal perturbation gap {result.universal_gap:.2f} (class {result.universal_target})")

@@ -301,7 +301,9 @@ def test_cli_exit_codes(tmp_path, trained, cli):
     assert out["inconclusive"] is False, out["clean_histogram"]
     flagged = cli("scan", path, "--n", "30", "--iterations", "20", "--steps", "2", "--threads", "1", "--threshold", "-1")
     assert flagged.returncode == 1, flagged.stderr
-    assert "SUSPECTED" in flagged.stdout and "score" in flagged.stdout
+    assert "SUSPECTED" in flagged.stdout and "score" in flagged.stdout and "--backdoor-target" not in flagged.stdout
+    text = cli("scan", path, *fast[:-1], "--threshold", "1000")  # a clean verdict says it can be wrong, and what to do
+    assert text.returncode == 0 and "--backdoor-target CLASS" in text.stdout, text.stdout
     missing = cli("scan", tmp_path / "nope.pt")
     assert missing.returncode == 2 and "Traceback" not in missing.stderr and "no such file" in missing.stderr
 
