@@ -377,7 +377,8 @@ def bench_cmd(model, target, threads, runs, warmup, as_json, setup, force):
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print report.json only.")
 @click.option("--backdoor-target", type=int, default=None, metavar="CLASS",
-              help="Class you suspect the backdoor targets: cleaning acts on it whatever the scan says.")
+              help="Class you suspect the backdoor targets: cleaning acts on it whatever the scan says "
+                   "(a wrong class can cost much accuracy on a model that is easy to push).")
 @click.option("--quiet", is_flag=True, help="No progress output; only the final line.")
 @handle_errors
 def run_cmd(model, arch, input_shape, mean, std, target, budget, precision, method, clean_data, ngf_layer,

@@ -43,7 +43,8 @@ class RunConfig:
     threads: int | None = None
     # a class the user suspects the backdoor targets: cleaning acts on it whatever the scan concluded
     # (the scan's verdict stays in the report as it was). Needed where the scan cannot see the backdoor:
-    # an unseen net with BN in its early layers only hid a checkerboard patch (score 0.69, CC_NOTES 20)
+    # an unseen net with BN in its early layers only hid a checkerboard patch (score 0.69, CC_NOTES 20).
+    # A wrong class is not free: on that net's clean twin, class 6 cost 29 pt of CA (CC_NOTES 20)
     backdoor_target: int | None = None
     extra: dict = field(default_factory=dict)  # stage configs by name, for notebooks and benchmarks
 
