@@ -442,7 +442,7 @@ def patch_probe(net: nn.Module, images: torch.Tensor, num_classes: int,
         loss.backward()
         opt.step()
     with torch.no_grad():
-        clean = torch.cat([net(held[i:i + 256]).argmax(1) for i in range(0, len(held), 256)])
+        clean = logits(held).argmax(1)
         pred = logits(stamped(held)).argmax(1).view(k, len(held))
         cls = torch.arange(k).view(k, 1)
         moved = ((pred == cls) & (clean.view(1, -1) != cls)).float().sum(1)

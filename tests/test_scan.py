@@ -170,15 +170,20 @@ def _pattern():
     return 0.12 * ((i.view(-1, 1) + i.view(1, -1)) % 2).float().view(1, 12, 12)
 
 
+def _poisoned(seed: int, stamp, target: int):
+    """tiny_cnn (seeded) trained on 300 structured images, the first 60 stamped by ``stamp`` and labelled ``target``."""
+    torch.manual_seed(seed)
+    model = create_model("tiny_cnn", num_classes=10, in_channels=1, width=2.0)
+    net = input_model(model, SPEC)
+    x, y = _data(300, seed=seed)
+    x[:60], y[:60] = stamp(x[:60]), target
+    return _fit(model, net, x, y, 60)
+
+
 @pytest.fixture(scope="module")
 def backdoored(one_thread):
     """tiny_cnn trained with 20% of its images carrying the additive trigger, labelled 7."""
-    torch.manual_seed(1)
-    model = create_model("tiny_cnn", num_classes=10, in_channels=1, width=2.0)
-    net = input_model(model, SPEC)
-    x, y = _data(300, seed=1)
-    x[:60], y[:60] = (x[:60] + _pattern()).clamp(0, 1), 7
-    return _fit(model, net, x, y, 60)
+    return _poisoned(1, lambda x: (x + _pattern()).clamp(0, 1), 7)
 
 
 @pytest.mark.parametrize("norm,eps", [("linf", 0.1), ("l2", 1.0)])
@@ -369,12 +374,12 @@ def test_grating_probe_finds_a_stripe_trigger(unstriped, striped):
 @pytest.fixture(scope="module")
 def patched(one_thread):
     """tiny_cnn trained with 20% of its images carrying a 2 x 2 bright patch in the lower right corner, labelled 3."""
-    torch.manual_seed(2)
-    model = create_model("tiny_cnn", num_classes=10, in_channels=1, width=2.0)
-    net = input_model(model, SPEC)
-    x, y = _data(300, seed=2)
-    x[:60, :, 10:12, 10:12], y[:60] = 1.0, 3
-    return _fit(model, net, x, y, 60)
+    def stamp(x):
+        x = x.clone()
+        x[:, :, 10:12, 10:12] = 1.0
+        return x
+
+    return _poisoned(2, stamp, 3)
 
 
 def test_patch_probe_finds_a_patch_trigger(trained, patched):

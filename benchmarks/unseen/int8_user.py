@@ -8,7 +8,6 @@ CLEANED is `run`'s cleaned.safetensors for SUSPECT (its card gives the spec). CC
 """
 import sys
 import tempfile
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -18,8 +17,7 @@ from edgeclean.data import load_fashion_mnist
 from edgeclean.export import (ExportConfig, Int8Config, _as_array, calibration_images, fold_batchnorm,
                               quantize_int8, run_onnx, to_onnx)
 from edgeclean.load import load_suspect
-from edgeclean.scan import ScanConfig
-from edgeclean.synth import synthesize
+from edgeclean.scan import ScanConfig, scan
 
 SETTINGS = {"classifier float (before)": ("classifier",), "+ smooth_stem (default)": ("classifier", "smooth_stem")}
 
@@ -36,8 +34,8 @@ def main(paths: list[str]) -> None:
     print("|---|---|---|---|---|")
     for suspect_path, cleaned_path in zip(paths[::2], paths[1::2]):
         suspect, spec = load_suspect(suspect_path)
-        scan_cfg = ScanConfig(seed=0)
-        calib = _as_array(synthesize(suspect.eval(), spec, scan_cfg.n, replace(scan_cfg.synth, seed=0)))
+        # run's calibration images: the scan's synthetic set (its probes add nothing to it)
+        calib = _as_array(scan(suspect.eval(), spec, ScanConfig(seed=0, universal=None, grating=None)).images)
         gate, _ = calibration_images(suspect, spec, 256, 2)
         cleaned, cspec = load_suspect(cleaned_path)
         fp32 = tmp / "fp32.onnx"

@@ -15,8 +15,7 @@ from edgeclean.data import load_fashion_mnist
 from edgeclean.load import input_model, load_suspect
 from edgeclean.probe import (PatchProbeConfig, TriggerConfig, frozen_eval, low_outlier_index, patch_probe,
                              trigger_probe, universal_perturbation)
-from edgeclean.scan import ScanConfig, universal_gap
-from edgeclean.synth import synthesize
+from edgeclean.scan import ScanConfig, scan, universal_gap
 
 
 def show(name: str, values, top=None, extra="") -> None:
@@ -34,8 +33,7 @@ def main() -> None:
     model, spec = load_suspect(args.suspect)
     model.eval()
     net = input_model(model, spec)
-    cfg = ScanConfig(seed=0)
-    images = synthesize(model, spec, cfg.n, cfg.synth)
+    images = scan(model, spec, ScanConfig(seed=0, universal=None, grating=None)).images  # the scan's synthetic set
     k = spec.num_classes
     for images_n, steps in ((16, 40), (32, 100)):
         t = trigger_probe(model, spec, images, TriggerConfig(images=images_n, steps=steps))
