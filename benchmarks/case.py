@@ -50,6 +50,20 @@ class Case:
         return images
 
 
+def overrides(config, pairs) -> dict:
+    """'FIELD=VALUE' strings as typed values of the dataclass ``config``'s fields, for ``dataclasses.replace``:
+    tuples comma-separated, a tuple of tuples (``PatchConfig.plans``) as "a+b/c", "None" for an optional number."""
+    def typed(current, v: str):
+        if isinstance(current, bool):
+            return v.lower() in ("1", "true", "yes")
+        if current is None:  # an optional number (e.g. PatchConfig.mask_goal)
+            return None if v == "None" else float(v)
+        if isinstance(current, tuple) and current and isinstance(current[0], tuple):
+            return tuple(tuple(p.split("+")) for p in v.split("/"))
+        return tuple(v.split(",")) if isinstance(current, tuple) else type(current)(v)
+    return {k: typed(getattr(config, k), v) for k, v in (a.split("=", 1) for a in pairs)}
+
+
 def carded(paths):
     """(path, card, model, spec) for each checkpoint in ``paths`` that has a card beside it (the suite's
     suspects; anything without a card is skipped)."""

@@ -82,6 +82,15 @@ def test_mask_trigger_is_found_and_small(model):
     assert all(p.requires_grad for p in model.parameters())  # parameters left trainable
 
 
+def test_neural_cleanse_search_keeps_the_smallest_mask_that_reaches_the_goal(model):
+    x, _ = clean_images(64, 3)
+    fixed = reverse_trigger(model, x, TARGET, "mask", PatchConfig(steps=150))
+    smallest = reverse_trigger(model, x, TARGET, "mask", PatchConfig(mask_goal=0.9, mask_steps=200))
+    assert success_rate(model, x, smallest) >= 0.9  # the goal, on the images it was fitted on
+    assert smallest.size() < 0.8 * fixed.size()  # the fixed L1 weight stops at a larger mask
+    assert success_rate(model, clean_images(64, 4)[0], smallest) > 0.8  # still universal
+
+
 def test_the_most_excited_unit_carries_the_backdoor(model):
     x, y = clean_images(128, 3)
     trig = reverse_trigger(model, x, TARGET, "mask", PatchConfig(steps=150))

@@ -16,7 +16,7 @@ from types import SimpleNamespace
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from case import Case  # noqa: E402
+from case import Case, overrides  # noqa: E402
 from edgeclean.cc import CCConfig, clean_and_compact  # noqa: E402
 from edgeclean.finetune import FinetuneConfig  # noqa: E402
 from edgeclean.load import input_model  # noqa: E402
@@ -41,17 +41,6 @@ ap.add_argument("--cc", nargs="*", default=[], metavar="FIELD=VALUE", help="othe
 ap.add_argument("--patch", nargs="*", default=[], metavar="FIELD=VALUE",
                 help="PatchConfig fields, e.g. kinds=mask,additive,blend blend=0.15")
 args = ap.parse_args()
-
-
-def overrides(config, pairs: list[str]) -> dict:
-    """'FIELD=VALUE' strings as typed values of ``config``'s fields (tuples comma-separated)."""
-    def typed(current, v: str):
-        if isinstance(current, bool):
-            return v.lower() in ("1", "true", "yes")
-        return tuple(v.split(",")) if isinstance(current, tuple) else type(current)(v)
-    return {k: typed(getattr(config, k), v) for k, v in (a.split("=", 1) for a in pairs)}
-
-
 ft_over, cc_over = overrides(FinetuneConfig(), args.ft), overrides(CCConfig(), args.cc)
 torch.set_num_threads(1)
 case = Case(args.suspect, n_test=args.n_test)
@@ -63,9 +52,7 @@ for proxy in args.proxies:
     if args.nopatch:
         cfg = replace(cfg, patch=None)
     else:
-        over = overrides(cfg.patch, args.patch)
-        if args.plans:
-            over["plans"] = tuple(tuple(p.split("+")) for p in args.plans.split("/"))
+        over = overrides(cfg.patch, args.patch + ([f"plans={args.plans}"] if args.plans else []))
         cfg = replace(cfg, patch=replace(cfg.patch, **over))
     if args.steps:
         cfg = replace(cfg, finetune=replace(cfg.finetune, steps=args.steps))
