@@ -50,6 +50,16 @@ def cpu_info() -> dict:
     }
 
 
+def int8_kernels_saturate(info: dict | None = None) -> bool:
+    """Whether onnxruntime's int8 convolutions can saturate on this CPU: x86-64 without VNNI, where the
+    u8 x s8 kernels add products in pairs into 16 bits (VPMADDUBSW); VNNI (VPDPBUSD) and Arm do not.
+    onnxruntime's answer is 7-bit weights (``reduce_range``: "may improve the accuracy ... on non-VNNI
+    machine, especially for per-channel mode")."""
+    info = info or cpu_info()
+    x86 = info["machine"].lower() in ("x86_64", "amd64", "i686", "i386")
+    return x86 and not {"avx512_vnni", "avx_vnni", "amx_int8"} & set(info["flags"])
+
+
 def _numpy_dtype(onnx_type: str):
     table = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,
              "tensor(uint8)": np.uint8, "tensor(int8)": np.int8, "tensor(int64)": np.int64, "tensor(int32)": np.int32}

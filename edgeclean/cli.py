@@ -306,7 +306,9 @@ def export_cmd(model, arch, input_shape, mean, std, out, precision, calib, as_js
             gate = "gate" if a.get("gated") else "info only"
             click.echo(f"int8 vs fp32 top-1 agreement on {name} ({a['samples']}, {gate}): {a['top1_agreement']:.1%}")
         click.echo(f"sizes: fp32 {info['fp32_bytes'] / 1e6:.3f} MB, int8 {info['int8_bytes'] / 1e6:.3f} MB "
-                   f"(x{info['int8_size_ratio']:.3f}); calibration: {info['calibration']['source']}")
+                   f"(x{info['int8_size_ratio']:.3f}); calibration: {info['calibration']['source']}; "
+                   f"{info['int8_weight_bits']}-bit weights" + (" (this CPU's int8 kernels saturate without VNNI)"
+                                                                 if info["int8_weight_bits"] == 7 else ""))
     if info.get("ort_path"):
         click.echo(f"ORT-format copy: {info['ort_path']}")
 

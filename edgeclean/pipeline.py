@@ -357,7 +357,8 @@ def _run_stages(model, spec, model_path, config, budget_bytes, precision, reason
         "scan_after": after.to_dict(),
         "parity": ({"max_abs_diff": exp["parity"]["max_abs_diff"], "top1_agreement": exp["parity"]["top1_agreement"]}
                    if exp is not None else None),
-        "int8": ({k: exp[k] for k in ("int8_agreement", "fp32_bytes", "int8_bytes", "int8_size_ratio") if k in exp}
+        "int8": ({k: exp[k] for k in ("int8_agreement", "fp32_bytes", "int8_bytes", "int8_size_ratio", "int8_weight_bits")
+                  if k in exp}
                  if exp is not None and precision == "int8" else None),
         "latency_ms": latency,
         "original": {"size_bytes": orig_info["bytes"], "macs": original_macs, "latency_ms": orig_latency,

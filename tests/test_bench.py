@@ -54,6 +54,16 @@ def test_bench_import_path_has_no_torch():
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr
 
 
+def test_int8_kernels_saturate_on_x86_without_vnni():
+    from edgeclean.bench import int8_kernels_saturate
+
+    assert int8_kernels_saturate({"machine": "x86_64", "flags": ["avx2", "fma"]})
+    assert int8_kernels_saturate({"machine": "x86_64", "flags": ["avx512f", "avx512bw"]})
+    assert not int8_kernels_saturate({"machine": "x86_64", "flags": ["avx2", "avx512_vnni"]})
+    assert not int8_kernels_saturate({"machine": "x86_64", "flags": ["avx2", "avx_vnni"]})
+    assert not int8_kernels_saturate({"machine": "aarch64", "flags": ["asimd", "asimddp"]})
+
+
 def test_bench_cli_json(tmp_path):
     model = small_cnn(tmp_path / "m.onnx")
     r = run_cli("bench", model, "--runs", "7", "--warmup", "2", "--threads", "1", "--json")

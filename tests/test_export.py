@@ -7,6 +7,7 @@ import warnings
 
 import numpy as np
 import onnx
+from onnx import numpy_helper
 import onnxruntime as ort
 import pytest
 import torch
@@ -235,7 +236,7 @@ def test_int8_compact_format_changes_no_output(tmp_path):
     export(model, spec, fp32, config=ExportConfig(write_ort=False))
     calib = np.random.default_rng(3).random((16, 3, 8, 8), dtype=np.float32)
     ours = tmp_path / "q.onnx"
-    quantize_int8(fp32, ours, calib)
+    facts = quantize_int8(fp32, ours, calib)
 
     # the same quantisation, uncompacted (every zero point, the quantiser's names and metadata)
     class Reader(CalibrationDataReader):
@@ -255,7 +256,8 @@ def test_int8_compact_format_changes_no_output(tmp_path):
     assert {"input/Sub", "input/Div"} <= set(exclude) and extra["QuantizeBias"] is False
     quantize_static(str(pre), str(plain), Reader(), quant_format=QuantFormat.QDQ, activation_type=QuantType.QInt8,
                     weight_type=QuantType.QInt8, per_channel=cfg.per_tensor_max_channels <= 0,
-                    op_types_to_quantize=op_types, nodes_to_exclude=exclude, extra_options=extra)
+                    reduce_range=facts["reduce_range"], op_types_to_quantize=op_types, nodes_to_exclude=exclude,
+                    extra_options=extra)
     x = np.random.default_rng(4).random((8, 3, 8, 8), dtype=np.float32)
     got, ref = ort_run(ours, x), ort_run(plain, x)
     assert np.max(np.abs(got - ref)) <= 1e-5 * max(1.0, float(np.max(np.abs(ref))))
@@ -370,6 +372,23 @@ def test_int8_per_tensor_small_layers_and_float_ends(tmp_path):
     ort.InferenceSession(str(q), so, providers=["CPUExecutionProvider"])
     fused = [n.name.split("/")[0] for n in onnx.load(str(tmp_path / "opt.onnx")).graph.node if n.op_type == "QLinearConv"]
     assert {"conv2.0", "conv2.1", "conv2.2"} <= set(fused) and "conv1" not in fused
+
+
+def test_int8_reduce_range_gives_7_bit_weights(tmp_path):
+    """reduce_range: weights on [-64, 63] (onnxruntime's answer to the saturating x86 kernels without VNNI);
+    False: each channel's largest weight on +-127; None follows the host and says what it chose."""
+    from edgeclean.bench import int8_kernels_saturate
+    from edgeclean.export import Int8Config, quantize_int8
+
+    fp32, calib = _three_conv_fp32(tmp_path)
+    largest = {}
+    for rr in (True, False, None):
+        q = tmp_path / f"q{rr}.onnx"
+        facts = quantize_int8(fp32, q, calib, Int8Config(reduce_range=rr))
+        assert facts["reduce_range"] == (int8_kernels_saturate() if rr is None else rr)
+        inits = onnx.load(str(q)).graph.initializer
+        largest[rr] = max(int(np.abs(numpy_helper.to_array(t)).max()) for t in inits if t.data_type == onnx.TensorProto.INT8)
+    assert largest[True] <= 64 and largest[False] == 127
 
 
 def test_int8_per_tensor_by_fan_in(tmp_path):
