@@ -3,7 +3,7 @@ ZeroQ images (what the gate uses), on class-balanced synthetic images (``SynthCo
 images, for the default quantisation and for deliberately worse ones (a gate must still fail those).
 
     OMP_NUM_THREADS=1 python benchmarks/int8_gate_images.py MODEL [...] [--n 768] [--ce 0.05] [--real 2000] \\
-        [--settings default classifier-int8 per-tensor calib-8] [--out benchmarks/results/int8_gate_images.json]
+        [--settings 8-bit 7-bit per-tensor] [--out benchmarks/results/int8_gate_images.json]
 
 MODEL: a cleaned model cached by ``export_suspects.py --cache DIR`` (``DIR/<stem>.safetensors``; its cached 64
 calibration images are reused) or a checkpoint as it is (``.pt``; calibration: 64 synthetic images, seed 0, the
@@ -37,15 +37,15 @@ from edgeclean.load import load_suspect  # noqa: E402
 from edgeclean.metrics import wilson_interval  # noqa: E402
 from edgeclean.synth import SynthConfig, synthesize  # noqa: E402
 
-# name -> (Int8Config, calibration images used); the four after "default" are worse than it on purpose
+# name -> (Int8Config, calibration images used); "worse": a setting measured (or built) to be worse than the default
 SETTINGS = {
     "default": (Int8Config(), None),  # reduce_range None: 7-bit weights where this CPU's int8 kernels saturate
     "8-bit": (Int8Config(reduce_range=False), None),
     "7-bit": (Int8Config(reduce_range=True), None),
-    "classifier-int8": (Int8Config(keep_fp32=("smooth_stem",)), None),  # the session-2 default (CC_NOTES / Int8Config)
-    "no-smooth-stem": (Int8Config(keep_fp32=("classifier",)), None),  # a SiLU stem quantised (CC_NOTES 20 (b))
+    "classifier-int8": (Int8Config(keep_fp32=("smooth_stem",)), None),  # worse: the session-2 default (Int8Config)
+    "no-smooth-stem": (Int8Config(keep_fp32=("classifier",)), None),  # worse: a SiLU stem quantised (CC_NOTES 20 (b))
     "per-tensor": (Int8Config(per_tensor_max_channels=10**6, reduce_range=False), None),
-    "calib-8": (Int8Config(), 8),  # ranges from 8 images only
+    "calib-8": (Int8Config(), 8),  # worse: ranges from 8 images only
     "percentile-99.99": (Int8Config(calibrate_method="percentile", percentile=99.99), None),
     "percentile-99.999": (Int8Config(calibrate_method="percentile", percentile=99.999), None),
     "entropy": (Int8Config(calibrate_method="entropy"), None),

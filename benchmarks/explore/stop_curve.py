@@ -35,6 +35,7 @@ ap.add_argument("--patch", nargs="*", default=[], metavar="FIELD=VALUE", help="P
 ap.add_argument("--fractions", default="0,0.025,0.05,0.075,0.1,0.125,0.15,0.175,0.2,0.25,0.3")
 args = ap.parse_args()
 torch.set_num_threads(1)
+cfg = replace(PatchConfig(), **overrides(PatchConfig(), args.patch))
 
 for path in args.suspects:
     case = Case(path, n_test=args.n_test)
@@ -43,7 +44,6 @@ for path in args.suspects:
     net = input_model(model, case.spec).eval()
     images = case.images(512)
     fit, check, rest = images[:128], images[128:256], images[256:]
-    cfg = replace(PatchConfig(), **overrides(PatchConfig(), args.patch))
     triggers = [reverse_trigger(net, fit, target, kind, cfg) for kind in cfg.kinds]
     if args.scan:
         from edgeclean.scan import scan
