@@ -391,6 +391,31 @@ def test_int8_reduce_range_gives_7_bit_weights(tmp_path):
     assert largest[True] <= 64 and largest[False] == 127
 
 
+def test_int8_unsigned_types_keep_their_zero_points(tmp_path):
+    """U8U8 (activation_type / weight_type "uint8"): uint8 weights with their per-channel zero points
+    (asymmetric, so not dropped), fused by onnxruntime, close to fp32; a type it does not know exits as a
+    user error."""
+    from edgeclean.export import Int8Config, quantize_int8
+
+    fp32, calib = _three_conv_fp32(tmp_path)
+    q = tmp_path / "q.onnx"
+    quantize_int8(fp32, q, calib, Int8Config(activation_type="uint8", weight_type="uint8", reduce_range=False))
+    proto = onnx.load(str(q))
+    inits = {t.name: t for t in proto.graph.initializer}
+    assert inits["conv2.1.w"].data_type == onnx.TensorProto.UINT8
+    dq = [n for n in proto.graph.node if n.op_type == "DequantizeLinear" and n.input[0] == "conv2.1.w"]
+    assert len(dq) == 1 and len(dq[0].input) == 3  # the zero point stays
+    x = np.random.default_rng(4).random((8, 3, 8, 8), dtype=np.float32)
+    ref = ort_run(fp32, x)
+    assert np.max(np.abs(ort_run(q, x) - ref)) < 0.2 * np.max(np.abs(ref))
+    so = ort.SessionOptions()
+    so.optimized_model_filepath = str(tmp_path / "opt.onnx")
+    ort.InferenceSession(str(q), so, providers=["CPUExecutionProvider"])
+    assert sum(n.op_type == "QLinearConv" for n in onnx.load(str(tmp_path / "opt.onnx")).graph.node) >= 3
+    with pytest.raises(UserError, match="uint8"):
+        quantize_int8(fp32, tmp_path / "bad.onnx", calib, Int8Config(weight_type="int4"))
+
+
 def test_int8_per_tensor_by_fan_in(tmp_path):
     """per_tensor_max_fan_in: one weight scale for the layers whose output channels have few weights
     (the 1x1 convs of the 3-conv block: 16 and 5 weights a channel), per channel elsewhere."""
