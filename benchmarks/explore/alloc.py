@@ -11,6 +11,7 @@ import os
 import sys
 import time
 from dataclasses import replace
+from pathlib import Path
 from types import SimpleNamespace
 
 import torch
@@ -38,6 +39,7 @@ ap.add_argument("--plans", default=None, help='PatchConfig.plans, e.g. "channels
 ap.add_argument("--n-test", type=int, default=1000, help="test images CA / ASR are measured on (first N)")
 ap.add_argument("--recall", action="store_true", help="also print the student's recall per class")
 ap.add_argument("--cc", nargs="*", default=[], metavar="FIELD=VALUE", help="other CCConfig fields, e.g. n_synthetic=1024")
+ap.add_argument("--save", default=None, metavar="DIR", help="save each student as DIR/<suspect>[.<proxy>].safetensors + .json")
 ap.add_argument("--patch", nargs="*", default=[], metavar="FIELD=VALUE",
                 help="PatchConfig fields, e.g. kinds=mask,additive,blend blend=0.15")
 args = ap.parse_args()
@@ -63,6 +65,12 @@ for proxy in args.proxies:
     ranks = [tuple(l["ranks"]) if l["ranks"] else None for l in rep.layers]
     print(case.path.stem, proxy, f"steps={cfg.finetune.steps} n={args.n}{'' if args.n_test == 1000 else f' n_test={args.n_test}'} patch={not args.nopatch} {ft_over or ''} plans={args.plans or 'default'} {cc_over or ''} {args.patch or ''}", "CA/ASR", case.ev(student), f"{time.time() - t0:.0f}s", rep.timings,
           "ranks", ranks, "patch", rep.patch and {k: rep.patch.get(k) for k in ("plan", "candidates", "success_after", "student_success")}, flush=True)
+    if args.save:  # export_suspects.py's format: load_cleaned(DIR/<stem>) rebuilds it
+        from export_suspects import save_cleaned
+        from edgeclean.load import ModelSpec
+
+        stem = case.path.stem + ("" if len(args.proxies) == 1 else f".{proxy}")
+        save_cleaned(student, ModelSpec.from_dict(rep.spec), Path(args.save) / stem, case.card)
     if args.recall:  # per-class recall on the test images: where the CA goes
         with torch.no_grad():
             pred = input_model(student, case.spec).eval()(case.test.x).argmax(1)
