@@ -856,7 +856,8 @@ def _quant_options(nodes, inits: dict, cfg: Int8Config) -> tuple[list[str], dict
 
 
 def quantize_int8(fp32_path: Path, out_path: Path, calib: np.ndarray, config: Int8Config | None = None) -> dict:
-    """Static QDQ quantisation: int8 activations and int8 weights (S8S8), per channel unless
+    """Static QDQ quantisation: int8 activations and int8 weights (S8S8; ``config.activation_type`` /
+    ``weight_type`` can make either uint8), per channel unless
     ``config.per_tensor_max_channels`` says otherwise, calibrated on ``calib``; by default the
     classifier stays float (``Int8Config``: measured to raise agreement with fp32).
 
