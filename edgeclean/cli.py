@@ -161,6 +161,10 @@ def evaluate_cmd(model, arch, input_shape, mean, std, dataset, attack, attack_ta
     if "asr" in result:
         line += f"  ASR {pct(result['asr'])}  R-Acc {pct(result['racc'])}  ({result['attack']} -> {result['target']})"
     click.echo(line)
+    if "redirect" in result:
+        r = result["redirect"]
+        click.echo(f"most redirected: class {r['class']} gets {pct(r['rate'])} of the triggered images "
+                   f"({pct(r['clean_rate'])} of them untriggered){'  <- the trigger moves images there' if r['rate'] - r['clean_rate'] > 0.1 else ''}")
     if "reference" in result:
         ref = result["reference"]
         rl = f"{result['reference_model']}  CA {pct(ref['ca'])}"

@@ -44,6 +44,27 @@ def robust_accuracy(pred_bd: np.ndarray, true_labels: np.ndarray) -> float:
     return accuracy(pred_bd, true_labels)
 
 
+def redirect(pred_bd: np.ndarray, pred_clean: np.ndarray, true_labels: np.ndarray, target: int) -> dict:
+    """A backdoor that moved rather than went: the class other than ``target`` (and other than each image's
+    own) that the trigger sends the most images to, beyond what the same images without the trigger go to.
+
+    ``pred_bd`` / ``pred_clean``: predictions on the triggered images and on the same images untriggered.
+    ASR counts only the attacker's class; a cleaning that lowers that class as a whole can leave the trigger
+    pushing images into another one (CC_NOTES 22 (g): a cleaned VGG-11 sent 40 % of triggered images to a
+    class that got 1.4 % of them clean). A trigger that corrupts the image does the same to a clean model (SIG's
+    stripes: 16-36 % on the suite's clean twins), so compare with one. Returns {"class", "rate", "clean_rate"}
+    (shares of all the images)."""
+    pred_bd, pred_clean, true_labels = np.asarray(pred_bd), np.asarray(pred_clean), np.asarray(true_labels)
+    k = int(max(pred_bd.max(initial=0), pred_clean.max(initial=0), true_labels.max(initial=0), target)) + 1
+    n = max(1, len(true_labels))
+    trig = np.bincount(pred_bd[pred_bd != true_labels], minlength=k) / n
+    clean = np.bincount(pred_clean[pred_clean != true_labels], minlength=k) / n
+    gain = trig - clean
+    gain[target] = -np.inf
+    c = int(gain.argmax())
+    return {"class": c, "rate": float(trig[c]), "clean_rate": float(clean[c])}
+
+
 def der(ca: float, asr: float, ca_ref: float, asr_ref: float) -> float:
     """BackdoorBench DER of a defended model (ca, asr) against the original (ca_ref, asr_ref)."""
     return (max(0.0, asr_ref - asr) - max(0.0, ca_ref - ca) + 1.0) / 2.0
@@ -142,6 +163,10 @@ def evaluate_predictor(predict, clean, poisoned=None, target: int | None = None)
             "n_poisoned": len(poisoned),
             "target": int(target),
         })
+        # poisoned_test_set keeps the clean images whose label is not the target, in order
+        untriggered = pred[clean.y.numpy() != target]
+        if len(untriggered) == len(pred_bd):
+            out["redirect"] = redirect(pred_bd, untriggered, poisoned.y.numpy(), target)
     return out
 
 

@@ -11,7 +11,7 @@ from torch import nn
 
 from edgeclean.cli import main
 from edgeclean.data import Dataset
-from edgeclean.metrics import OnnxClassifier, der, evaluate
+from edgeclean.metrics import OnnxClassifier, der, evaluate, redirect
 
 
 def test_der_backdoorbench_definition():
@@ -70,6 +70,22 @@ def test_evaluate_constructed_case_torch_and_onnx(tmp_path):
     _export(model, (1, 12, 12), tmp_path / "oracle.onnx")
     onnx_res = evaluate(OnnxClassifier(tmp_path / "oracle.onnx"), ds, "badnets", 4)
     assert onnx_res == res
+
+
+def test_redirect_finds_a_backdoor_that_moved():
+    """A cleaned model whose trigger now sends images to class 7 instead of the target 4: ASR 0, yet 7 gets
+    every triggered image that is not of class 7 (1 in 9 clean: the label itself); the untouched oracle's own
+    target is excluded, and a model the trigger does not move has nothing redirected."""
+    ds = _coded_dataset()
+    moved = Oracle(target=7)
+    res = evaluate(moved, ds, "badnets", 4)
+    assert res["asr"] == 0.0
+    assert res["redirect"]["class"] == 7 and res["redirect"]["rate"] == pytest.approx(48 / 54)
+    assert res["redirect"]["clean_rate"] == 0.0
+    assert evaluate(Oracle(target=4), ds, "badnets", 4)["redirect"]["rate"] == 0.0  # the target is not a redirect
+    y = np.array([0, 1, 2, 3])
+    r = redirect(pred_bd=np.array([5, 5, 2, 5]), pred_clean=np.array([5, 1, 2, 3]), true_labels=y, target=9)
+    assert r == {"class": 5, "rate": 0.75, "clean_rate": 0.25}  # 3 of 4 triggered, 1 of 4 already clean
 
 
 def test_cli_make_evaluate_and_onnx(tmp_path):
