@@ -51,6 +51,21 @@ def ort_run(path, x):
     return sess.run(None, {sess.get_inputs()[0].name: x})[0]
 
 
+def optimized_nodes(path, tmp_path):
+    """The graph nodes onnxruntime runs after its optimisations (where QDQ pairs fuse into QLinearConv)."""
+    so = ort.SessionOptions()
+    so.optimized_model_filepath = str(tmp_path / "opt.onnx")
+    ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    return onnx.load(str(tmp_path / "opt.onnx")).graph.node
+
+
+def assert_int8_close(fp32, q):
+    """The int8 file's logits within 20% of the fp32 file's largest on seeded 3x8x8 inputs."""
+    x = np.random.default_rng(4).random((8, 3, 8, 8), dtype=np.float32)
+    ref = ort_run(fp32, x)
+    assert np.max(np.abs(ort_run(q, x) - ref)) < 0.2 * np.max(np.abs(ref))
+
+
 class ThreeConvNet(nn.Module):
     """A factorised (Tucker-2) layer as the C&C stage builds it: 1x1 -> kxk -> 1x1 plain convs."""
 
@@ -287,10 +302,7 @@ def test_int8_compact_format_changes_no_output(tmp_path):
     assert inits["conv2.2.b"].data_type == onnx.TensorProto.FLOAT
     assert inits["conv2.1.w"].data_type == onnx.TensorProto.INT8
 
-    so = ort.SessionOptions()
-    so.optimized_model_filepath = str(tmp_path / "opt.onnx")
-    ort.InferenceSession(str(ours), so, providers=["CPUExecutionProvider"])
-    fused = [n for n in onnx.load(str(tmp_path / "opt.onnx")).graph.node if n.op_type == "QLinearConv"]
+    fused = [n for n in optimized_nodes(ours, tmp_path) if n.op_type == "QLinearConv"]
     assert {n.name.split("/")[0] for n in fused} >= {"conv2.0", "conv2.1", "conv2.2"}
 
 
@@ -364,13 +376,8 @@ def test_int8_per_tensor_small_layers_and_float_ends(tmp_path):
     for name in ("conv1.w", "fc.w"):  # left float, no DQ in front
         assert inits[name].data_type == onnx.TensorProto.FLOAT
     assert sum(n.op_type == "Conv" for n in proto.graph.node) == 4
-    x = np.random.default_rng(4).random((8, 3, 8, 8), dtype=np.float32)
-    ref = ort_run(fp32, x)
-    assert np.max(np.abs(ort_run(q, x) - ref)) < 0.2 * np.max(np.abs(ref))
-    so = ort.SessionOptions()
-    so.optimized_model_filepath = str(tmp_path / "opt.onnx")
-    ort.InferenceSession(str(q), so, providers=["CPUExecutionProvider"])
-    fused = [n.name.split("/")[0] for n in onnx.load(str(tmp_path / "opt.onnx")).graph.node if n.op_type == "QLinearConv"]
+    assert_int8_close(fp32, q)
+    fused = [n.name.split("/")[0] for n in optimized_nodes(q, tmp_path) if n.op_type == "QLinearConv"]
     assert {"conv2.0", "conv2.1", "conv2.2"} <= set(fused) and "conv1" not in fused
 
 
@@ -405,13 +412,8 @@ def test_int8_unsigned_types_keep_their_zero_points(tmp_path):
     assert inits["conv2.1.w"].data_type == onnx.TensorProto.UINT8
     dq = [n for n in proto.graph.node if n.op_type == "DequantizeLinear" and n.input[0] == "conv2.1.w"]
     assert len(dq) == 1 and len(dq[0].input) == 3  # the zero point stays
-    x = np.random.default_rng(4).random((8, 3, 8, 8), dtype=np.float32)
-    ref = ort_run(fp32, x)
-    assert np.max(np.abs(ort_run(q, x) - ref)) < 0.2 * np.max(np.abs(ref))
-    so = ort.SessionOptions()
-    so.optimized_model_filepath = str(tmp_path / "opt.onnx")
-    ort.InferenceSession(str(q), so, providers=["CPUExecutionProvider"])
-    assert sum(n.op_type == "QLinearConv" for n in onnx.load(str(tmp_path / "opt.onnx")).graph.node) >= 3
+    assert_int8_close(fp32, q)
+    assert sum(n.op_type == "QLinearConv" for n in optimized_nodes(q, tmp_path)) >= 3
     with pytest.raises(UserError, match="uint8"):
         quantize_int8(fp32, tmp_path / "bad.onnx", calib, Int8Config(weight_type="int4"))
 
@@ -430,9 +432,7 @@ def test_int8_per_tensor_by_fan_in(tmp_path):
     assert list(weight_scale(proto, "conv2.2").dims) == []  # 1x1, 5 in: fan-in 5
     assert list(weight_scale(proto, "conv2.1").dims) == [5]  # 3x3, 4 in: fan-in 36
     assert list(weight_scale(proto, "conv1").dims) == [16]  # 3x3, 3 in: fan-in 27
-    x = np.random.default_rng(4).random((8, 3, 8, 8), dtype=np.float32)
-    ref = ort_run(fp32, x)
-    assert np.max(np.abs(ort_run(q, x) - ref)) < 0.2 * np.max(np.abs(ref))
+    assert_int8_close(fp32, q)
 
 
 def test_int8_shared_zero_points_change_no_output(tmp_path):
