@@ -65,6 +65,8 @@ def main():
     print(f"scan (64 synthetic images + probe): {scan_s:.1f} s  {result.timings}")
     for k, v in report.timings.items():
         print(f"  C&C {k:12s} {v:8.1f} s")
+    if report.patch:  # which plans ran (unlearning runs only once a trigger counts) and how far each got
+        print("  patch plan", report.patch["plan"], [(c["plan"], c["success_after"]) for c in report.patch["candidates"]])
     print(f"C&C stage total: {cc_s:.1f} s; estimated artifact {report.estimated_bytes_after:,} B")
 
 

@@ -153,10 +153,11 @@ def render_html(report: dict) -> str:
     patch = (report.get("cc") or {}).get("patch")
     if patch:
         out.append("<h2>Teacher patch (backdoor unlearning)</h2>")
-        out.append(f"<p>Triggers reverse-engineered on synthetic images for the suspected target class; the "
-                   f"units they excite most were silenced before distilling (plan <code>{_e(patch.get('plan'))}</code>, "
-                   f"chosen among the candidates by: triggers silenced, then by BatchNorm channels alone, then fewest "
-                   f"synthetic predictions changed): "
+        out.append(f"<p>Triggers reverse-engineered on synthetic images for the suspected target class; before "
+                   f"distilling, the units they excite most were silenced or the teacher was fine-tuned to ignore them "
+                   f"(plan <code>{_e(patch.get('plan'))}</code>, chosen among the candidates below by: triggers "
+                   f"silenced, then removed where they arise (BatchNorm channels alone, or unlearning), then fewest "
+                   f"synthetic predictions changed plus triggered images still moved to another class): "
                    f"<b>{len(patch.get('channels', []))} of {patch.get('n_channels', 0)}</b> BatchNorm channels, then "
                    f"<b>{len(patch.get('units', []))} of {patch.get('n_inputs')}</b> inputs of the head "
                    f"<code>{_e(patch.get('head'))}</code>. "
@@ -170,6 +171,10 @@ def render_html(report: dict) -> str:
                            "success (fit)", "success (held out)", "used"],
                           [[t.get("kind"), t.get("size"), t.get("success_fit"), t.get("success_held_out"),
                             "yes" if t.get("used") else "no"] for t in patch.get("triggers", [])]))
+        out.append(_table(["plan", "BN channels", "head inputs", "success after", "predictions unchanged",
+                           "triggered images moved (any class)"],
+                          [[c.get("plan"), c.get("channels"), c.get("units"), c.get("success_after"), c.get("unchanged"),
+                            c.get("moved", "–")] for c in patch.get("candidates", [])]))
 
     spectra = report.get("spectra") or []
     if spectra:

@@ -137,6 +137,9 @@ def test_prune_head_units_and_missing_head(model):
     assert classifier_head(nn.Sequential(nn.Conv2d(1, 2, 3))) is None
 
 
+PRUNING_PLANS = (("channels", "head"), ("head",))  # the default plans without unlearning
+
+
 def test_channel_patch_silences_the_real_trigger_and_the_student_gets_it():
     teacher = backdoored(bn=True)
     x, _ = clean_images(256, 3)
@@ -146,7 +149,7 @@ def test_channel_patch_silences_the_real_trigger_and_the_student_gets_it():
     # channels first, up to a quarter of the 24; on this toy that leaves the trigger working (0.44 measured),
     # so head inputs go next
     result = patch_head(teacher, teacher, x, TARGET, PatchConfig(kinds=("mask",), steps=150, max_channel_fraction=0.25,
-                                                                     success_below=0.3))
+                                                                     success_below=0.3, plans=PRUNING_PLANS))
     assert result.n_channels == 24 and 0 < len(result.channels) <= 6 and len(result.units) > 0
     assert [c["plan"] for c in result.candidates] == ["channels+head", "head"] and result.plan == "channels+head"
     assert result.success_before > 0.9 and result.success_after < 0.3
@@ -164,7 +167,8 @@ def test_unlearn_plan_silences_the_real_trigger_without_pruning():
     held, y = clean_images(256, 5)
     # a third of the toy's images are of the target class, so no trigger's success falls much below 1/3
     result = patch_head(teacher, teacher, x, TARGET, PatchConfig(kinds=("mask",), steps=150, plans=(("unlearn",),),
-                                                                     unlearn_steps=300, unlearn_lr=1e-3, success_below=0.4))
+                                                                     unlearn_steps=300, unlearn_lr=1e-3, success_below=0.4,
+                                                                     unlearn_below=0.4))
     assert result.plan == "unlearn" and result.channels == [] and result.units == []
     assert result.success_before > 0.9 and result.success_after < 0.4
     assert any(not torch.equal(a, b) for a, b in zip(teacher.parameters(), before.parameters()))  # fine-tuned
@@ -207,20 +211,46 @@ def test_scan_triggers_rebuild_the_scans_grating():
     assert scan_triggers(SimpleNamespace(grating_pattern=None), spec, TARGET) == []
 
 
-def test_plan_rank_prefers_silencing_then_cheap_channels_alone_then_fewer_changes():
-    def cand(channels, units, unchanged, after=0.05):
-        return {"channels": channels, "units": units, "unchanged": unchanged, "success_after": after}
+def test_plan_rank_prefers_silencing_then_removal_at_the_source_then_fewer_changes_and_moves():
+    def cand(channels, units, unchanged, after=0.05, moved=0.0, plan=None):
+        plan = plan or "+".join(w for w, n in (("channels", channels), ("head", units)) if n)
+        return {"plan": plan, "channels": channels, "units": units, "unchanged": unchanged, "success_after": after,
+                "moved": moved}
 
     channels_alone, head_alone, both = cand(40, 0, 0.97), cand(0, 37, 1.0), cand(120, 30, 0.95)
     # channels that silence on their own beat a head patch that changes fewer predictions ...
     assert plan_rank(channels_alone, True) > plan_rank(head_alone, True)
     # ... unless they change more than 5% of them (then fewer changes decide)
     assert plan_rank(head_alone, True) > plan_rank(cand(211, 0, 0.83), True)
-    # where the head had to finish the job, the plan that changes fewer predictions wins
+    # where the head had to finish the job, the plan that changes fewer predictions wins ...
     assert plan_rank(head_alone, True) > plan_rank(both, True)
+    # ... counting the triggered images that the triggers still move to another class (vgg11_badnets' and
+    # resnet18_blended's figures, CC_NOTES 23)
+    assert plan_rank(cand(120, 18, 0.943, moved=0.32), True) > plan_rank(cand(0, 31, 0.952, moved=0.445), True)
+    # unlearning removes the trigger's effect at the source too, and wins there when it moves fewer images
+    unlearned = cand(0, 0, 0.943, moved=0.121, plan="unlearn")
+    assert plan_rank(unlearned, True) > plan_rank(cand(47, 0, 0.981, moved=0.371), True)
+    assert plan_rank(unlearned, True) > plan_rank(cand(0, 41, 0.991, moved=0.258), True)
     # any silencing plan beats one that failed; among failures, the lower success wins
     assert plan_rank(both, True) > plan_rank(cand(40, 0, 1.0, after=0.2), False)
     assert plan_rank(cand(0, 64, 0.9, after=0.12), False) > plan_rank(cand(31, 0, 0.99, after=0.3), False)
+    assert plan_rank(cand(0, 0, 0.95, after=0.2, plan="unlearn"), False) < plan_rank(both, True)
+
+
+def test_moved_rate_counts_images_a_trigger_sends_to_any_other_class():
+    from edgeclean.unlearn import Trigger, moved_rate
+
+    net = nn.Sequential(nn.Flatten(), nn.Linear(4, 3))
+    with torch.no_grad():  # class = which of the first three pixels is largest
+        net[1].weight.copy_(torch.eye(3, 4))
+        net[1].bias.zero_()
+    x = torch.zeros(4, 1, 2, 2)
+    x[:, 0, 0, 0] = 0.5  # every image is class 0
+    lifts_pixel_1 = Trigger("additive", 2, 0.0, delta=torch.tensor([[[[0.0, 0.9], [0.0, 0.0]]]]))
+    harmless = Trigger("additive", 2, 0.0, delta=torch.zeros(1, 1, 2, 2))
+    assert moved_rate(net, x, [lifts_pixel_1]) == 1.0  # moved to class 1, not the target 2: still counted
+    assert moved_rate(net, x, [lifts_pixel_1, harmless]) == 0.5
+    assert moved_rate(net, x, []) == 0.0
 
 
 def test_warp_is_the_identity_at_zero_flow_and_shifts_by_whole_pixels():
