@@ -81,7 +81,8 @@ class PatchConfig:
     # target class's own features, which pruning silences along with the trigger (CC_NOTES 14)
     # Unlearning is a default plan since session 11 (CC_NOTES 23): where it silences the triggers it leaves
     # the backdoor nowhere to move (vgg11_badnets, two seeds: the real trigger's redirect 41.9-45.4 % with
-    # channels, 0.6-0.7 % unlearned); where it cannot, its plateau stop costs ~2 checks.
+    # channels, 0.6-0.7 % unlearned; on `run`'s own images it did not silence them there). Its cost: 100-300
+    # steps, 2.1 s each on a full-width ResNet-18 on a 2-core AVX2 host; leave it out of ``plans`` to save that.
     plans: tuple[tuple[str, ...], ...] = (("channels", "head"), ("head",), ("unlearn",))
     # at most this many Adam steps of the "unlearn" stage (batch 64 synthetic images); it stops at the
     # first check (every ``unlearn_check`` steps) where the triggers are silenced, or where their success
@@ -454,8 +455,8 @@ def plan_rank(cand: dict, silenced: bool, source_min_unchanged: float = 0.95) ->
        (seed 2 then and again on the retrained suite) it changed fewer synthetic predictions but left the
        real trigger at 18.6-20.6 % ASR against 0.0-0.1 % (CC_NOTES 18, 23). Channels that silenced alone but
        changed 17 % cost 10 pt of CA on an unseen ResNet-34 WaNet (CC_NOTES 19), hence the bound.
-    3. Predictions left unchanged minus ``moved``, the share of triggered images the triggers still send to
-       *any* other class: a patch that blocks the target while the trigger's features stay moves the backdoor
+    3. Predictions left unchanged minus ``moved``, the share of triggered images the triggers still send to a
+       class other than their untriggered one (the target or any other): a patch that blocks the target while the trigger's features stay moves the backdoor
        to the next class, which ASR does not count. Within a suspect, the fitted triggers' ``moved`` ranked the
        plans as the real trigger's redirect did in every comparison measured (CC_NOTES 23); across suspects it
        is no measure of it (CC_NOTES 22 (h)). Plans that failed rank by how low the triggers' success got."""
