@@ -13,7 +13,10 @@ imagenet stem (41.9, 36.5, 49.2). Session 4, with the measured rank proxy (CC_NO
 imagenet stem 169.7 s (synthesis 44.5, allocation 23.3, patch 39.1, distillation 61.7); the cifar
 stem was not re-measured. Session 7, warp trigger included (CC_NOTES section 19; nothing else running):
 imagenet stem 196.9 s (synthesis 52.8, allocation 24.9, patch 56.4, distillation 61.6); cifar stem
-1277.0 s (252.9, 243.5, 471.8, 306.2).
+1277.0 s (252.9, 243.5, 471.8, 306.2). Session 11, on an AVX2-only AMD EPYC (no bf16; CC_NOTES 23 (e)): imagenet
+stem 492.3 s (synthesis 100.5, patch 190.2, allocation 58.2, distillation 141.7). On these random weights no
+reverse-engineered trigger counts, so the patch fits its triggers but runs no plan: a backdoored model also pays
+for the plans, unlearning's up to 300 steps among them (2.1 s a step there).
 """
 
 from __future__ import annotations
@@ -53,7 +56,7 @@ def main():
     t0 = time.perf_counter()
     result = scan(model, spec, ScanConfig(n=64))
     scan_s = time.perf_counter() - t0
-    if args.target >= 0:  # random weights rarely look backdoored; the patch's cost depends on shapes only
+    if args.target >= 0:  # random weights rarely look backdoored; the triggers are fitted whatever they reach
         result.suspected, result.target_class = True, args.target
     budget = estimate_bytes(model) // 8
     t0 = time.perf_counter()

@@ -289,3 +289,17 @@ def test_reverse_warp_trigger_finds_a_learnt_warp():
     found = reverse_trigger(net, fit, TARGET, "warp", PatchConfig(steps=150))
     assert found.size() <= 1.0 + 1e-6
     assert success_rate(net, check, found) > 0.9
+
+
+def test_report_lists_every_candidate_plan_with_its_moved_share():
+    from edgeclean.report import render_html
+
+    cands = [{"plan": "channels+head", "channels": 47, "units": 0, "success_after": 0.078, "unchanged": 0.981,
+              "moved": 0.371},
+             {"plan": "unlearn", "channels": 0, "units": 0, "success_after": 0.047, "unchanged": 0.943, "moved": 0.121}]
+    patch = {"plan": "unlearn", "channels": [], "units": [], "n_channels": 100, "n_inputs": 64, "head": "fc",
+             "success_before": 0.9, "success_after": 0.047, "triggers": [], "candidates": cands}
+    html = render_html({"cc": {"patch": patch}, "gates": {}})
+    assert "triggered images moved (any class)" in html
+    assert "<td>channels+head</td><td>47</td><td>0</td><td>0.078</td><td>0.981</td><td>0.371</td>" in html
+    assert "<td>unlearn</td>" in html and "<td>0.121</td>" in html
