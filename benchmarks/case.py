@@ -37,6 +37,17 @@ class Case:
         r = evaluate(input_model(model, self.spec).eval(), self.test, self.attack, self.target, self.params)
         return round(r["ca"] * 100, 1), round(r.get("asr", float("nan")) * 100, 1)
 
+    def real_line(self, net) -> str:
+        """CA, ASR, the target's recall and ``metrics.redirect`` of ``net`` (raw inputs, eval mode) on the case's
+        test images, as one line."""
+        r = evaluate(net, self.test, self.attack, self.target, self.params)
+        with torch.no_grad():
+            pred = net(self.test.x).argmax(1)
+        mine = self.test.y == self.target
+        rd = r["redirect"]
+        return (f"CA {100 * r['ca']:.1f} ASR {100 * r['asr']:.1f} recall {float((pred[mine] == self.target).float().mean()):.3f} "
+                f"redirect {rd['class']} {100 * rd['rate']:.1f} ({100 * rd['clean_rate']:.1f})")
+
     def images(self, n: int = 512, cache: str = ".cache/refit") -> torch.Tensor:
         """``n`` synthetic images of the suspect (``synth`` defaults, seed 1), made once and cached."""
         from edgeclean.synth import SynthConfig, synthesize

@@ -22,7 +22,6 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from case import Case  # noqa: E402
 from edgeclean import unlearn  # noqa: E402
 from edgeclean.load import input_model  # noqa: E402
-from edgeclean.metrics import evaluate  # noqa: E402
 from edgeclean.unlearn import PatchConfig, patch_head, prune_until  # noqa: E402
 
 default_stage = unlearn._prune_channels_stage
@@ -54,6 +53,9 @@ def early_stage(net, model, bns, images, triggers, config):
 
 
 VARIANTS = {"default": default_stage, "early": early_stage}
+# the pruning plans only: this is about where channels are cut (unlearning, a default plan since 23 (c), cuts none;
+# the rows in results/explore_patch_depth.txt were measured before it joined the defaults)
+PRUNING_PLANS = (("channels", "head"), ("head",))
 
 ap = argparse.ArgumentParser()
 ap.add_argument("suspects", nargs="+")
@@ -69,17 +71,10 @@ for path in args.suspects:
         net = input_model(teacher, case.spec).eval()
         if bn_index is None:
             bn_index = {n: i for i, (n, _) in enumerate(unlearn.named_bn2d(teacher))}
-        res = patch_head(net, teacher, case.images(), case.target, PatchConfig())
-        r = evaluate(net, case.test, case.attack, case.target, case.params)
-        with torch.no_grad():
-            pred = net(case.test.x).argmax(1)
-        m = case.test.y == case.target
-        recall = float((pred[m] == case.target).float().mean())
+        res = patch_head(net, teacher, case.images(), case.target, PatchConfig(plans=PRUNING_PLANS))
         depth = Counter(bn_index[n] for n, _ in res.channels)
-        rd = r["redirect"]
         print(f"{case.path.stem} {name:8s} plan {res.plan}: {len(res.channels)} ch by layer "
               f"{dict(sorted(depth.items()))}, {len(res.units)} head; cands "
               f"{[(c['plan'], c['channels'], c['units'], c['success_after'], c['unchanged']) for c in res.candidates]}; "
-              f"CA {100 * r['ca']:.1f} ASR {100 * r['asr']:.1f} recall {recall:.3f} redirect {rd['class']} "
-              f"{100 * rd['rate']:.1f} ({100 * rd['clean_rate']:.1f})", flush=True)
+              f"{case.real_line(net)}", flush=True)
     unlearn._prune_channels_stage = default_stage

@@ -20,8 +20,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from case import Case  # noqa: E402
 from edgeclean.load import input_model  # noqa: E402
-from edgeclean.metrics import evaluate  # noqa: E402
-from edgeclean.unlearn import PatchConfig, patch_head  # noqa: E402
+from edgeclean.unlearn import PatchConfig, moved_rate, patch_head, success_rate  # noqa: E402
 
 ap = argparse.ArgumentParser()
 ap.add_argument("suspects", nargs="+")
@@ -41,18 +40,8 @@ for path in args.suspects:
         net = input_model(teacher, case.spec).eval()
         cfg = dataclasses.replace(PatchConfig(), plans=(tuple(plan.split("+")),))
         res = patch_head(net, teacher, images, case.target, cfg)
-        r = evaluate(net, case.test, case.attack, case.target, case.params)
-        with torch.no_grad():
-            pred = net(case.test.x).argmax(1)
-            clean = net(res.check).argmax(1)
-            fitted = []
-            for t in res.used:
-                trig = net(t.apply(res.check)).argmax(1)
-                fitted.append(f"{t.kind} moved {100 * float((trig != clean).float().mean()):.1f} "
-                              f"to-target {100 * float((trig == case.target).float().mean()):.1f}")
-        m = case.test.y == case.target
-        rd, c = r["redirect"], res.candidates[0]
-        print(f"{case.path.stem} s{args.synth_seed} {plan:14s} ch {c['channels']} units {c['units']} kept {c['unchanged']:.3f} | real CA "
-              f"{100 * r['ca']:.1f} ASR {100 * r['asr']:.1f} recall {float((pred[m] == case.target).float().mean()):.3f} "
-              f"redirect {rd['class']} {100 * rd['rate']:.1f} ({100 * rd['clean_rate']:.1f}) | fitted: {'; '.join(fitted)}",
-              flush=True)
+        fitted = [f"{t.kind} moved {100 * moved_rate(net, res.check, [t]):.1f} "
+                  f"to-target {100 * success_rate(net, res.check, t):.1f}" for t in res.used]
+        c = res.candidates[0]
+        print(f"{case.path.stem} s{args.synth_seed} {plan:14s} ch {c['channels']} units {c['units']} kept {c['unchanged']:.3f} | "
+              f"real {case.real_line(net)} | fitted: {'; '.join(fitted)}", flush=True)
