@@ -16,7 +16,7 @@ imagenet stem 196.9 s (synthesis 52.8, allocation 24.9, patch 56.4, distillation
 1277.0 s (252.9, 243.5, 471.8, 306.2). Session 11, on an AVX2-only AMD EPYC (no bf16; CC_NOTES 23 (e)): imagenet
 stem 492.3 s (synthesis 100.5, patch 190.2, allocation 58.2, distillation 141.7). On these random weights no
 reverse-engineered trigger counts, so the patch fits its triggers but runs no plan: a backdoored model also pays
-for the plans, unlearning's up to 300 steps among them (2.1 s a step there).
+for the plans, unlearning's up to 300 steps among them (2.1-2.4 s a step there, explore/unlearn_step_time.py).
 """
 
 from __future__ import annotations

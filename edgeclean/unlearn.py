@@ -82,7 +82,7 @@ class PatchConfig:
     # Unlearning is a default plan since session 11 (CC_NOTES 23): where it silences the triggers it leaves
     # the backdoor nowhere to move (vgg11_badnets, two seeds: the real trigger's redirect 41.9-45.4 % with
     # channels, 0.6-0.7 % unlearned; on `run`'s own images it did not silence them there). Its cost: 100-300
-    # steps, 2.1 s each on a full-width ResNet-18 on a 2-core AVX2 host; leave it out of ``plans`` to save that.
+    # steps, 2.1-2.4 s each on a full-width ResNet-18 on a 2-core AVX2 host; leave it out of ``plans`` to save that.
     plans: tuple[tuple[str, ...], ...] = (("channels", "head"), ("head",), ("unlearn",))
     # at most this many Adam steps of the "unlearn" stage (batch 64 synthetic images); it stops at the
     # first check (every ``unlearn_check`` steps) where the triggers are silenced, or where their success
