@@ -1,12 +1,15 @@
+import copy
 import itertools
 import json
+from dataclasses import replace
 
 import pytest
 import torch
+from torch import nn
 
-from edgeclean.cc import CCConfig, clean_and_compact, save_cleaned, smallest_bytes
+from edgeclean.cc import CCConfig, clean_and_compact, distil_config, save_cleaned, smallest_bytes
 from edgeclean.errors import UserError
-from edgeclean.finetune import FinetuneConfig
+from edgeclean.finetune import FinetuneConfig, feature_loss, finetune, shared_bn_names, tap_outputs
 from edgeclean.load import ModelSpec, load_suspect
 from edgeclean.ranks import RankConfig, estimate_bytes
 from edgeclean.scaling import ScaleConfig
@@ -42,6 +45,8 @@ def test_clean_and_compact_meets_budget_and_round_trips(tmp_path):
     assert report.spec["factorized"]
     assert any(l["scaled"] for l in report.layers)  # tau=2 finds outliers in a random init
     assert report.finetune["steps"] == 3
+    # no target suspected, so no patch: the student matches the suspect's BN outputs (one per BN layer)
+    assert report.finetune["feature_layers"] == sum(isinstance(m, nn.BatchNorm2d) for m in model.modules())
     d = report.to_dict()
     assert d["tau_scale"] == 2.0 and d["cc"]["factorized_layers"] == len(report.spec["factorized"])
     path = save_cleaned(cleaned, report, tmp_path / "clean.pt")
@@ -92,3 +97,38 @@ def test_output_proxy_measures_on_the_model_and_restores_it():
     cfg = CCConfig(ranks=RankConfig(proxy="output", probe_images=8), do_finetune=False)
     _, report = clean_and_compact(model, spec, budget_bytes=budget, config=cfg, scan_result=_Scan(images, None))
     assert report.estimated_bytes_after <= budget and report.spec["factorized"]
+
+
+def test_feature_matching_pulls_the_students_bn_outputs_to_the_teachers():
+    teacher, spec = _model()
+    student, _ = clean_and_compact(copy.deepcopy(teacher), spec, budget_bytes=estimate_bytes(teacher) // 3,
+                                   config=CCConfig(do_finetune=False, do_scale=False))
+    names = shared_bn_names(student, teacher)
+    assert names and names == [n for n, m in teacher.named_modules() if isinstance(m, nn.BatchNorm2d)]
+    gen = torch.Generator().manual_seed(0)
+    images, held = torch.rand(64, 1, 16, 16, generator=gen), torch.rand(32, 1, 16, 16, generator=gen)
+
+    def gap(net):
+        (ours, h1), (theirs, h2) = tap_outputs(net, names), tap_outputs(teacher, names)
+        with torch.no_grad():
+            net(held), teacher(held)
+        for h in h1 + h2:
+            h.remove()
+        return float(feature_loss(ours, theirs))
+
+    gaps = {}
+    for weight in (0.0, 100.0):
+        net = copy.deepcopy(student)
+        stats = finetune(net, teacher, images, config=FinetuneConfig(steps=30, batch_size=16, feature_weight=weight))
+        assert stats["feature_layers"] == (len(names) if weight else 0)
+        assert not any(m._forward_hooks for m in net.modules()) and not any(m._forward_hooks for m in teacher.modules())
+        gaps[weight] = gap(net)
+    assert gaps[100.0] < gaps[0.0]
+
+
+def test_distillation_matches_features_only_behind_an_unpatched_teacher():
+    cfg = CCConfig(seed=3)
+    assert distil_config(cfg, teacher_patched=False).feature_weight == FinetuneConfig().feature_weight > 0
+    assert distil_config(cfg, teacher_patched=True).feature_weight == 0
+    assert distil_config(cfg, teacher_patched=True).seed == 3
+    assert distil_config(replace(cfg, features_with_patch=True), teacher_patched=True).feature_weight > 0
