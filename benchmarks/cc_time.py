@@ -17,6 +17,8 @@ imagenet stem 196.9 s (synthesis 52.8, allocation 24.9, patch 56.4, distillation
 stem 492.3 s (synthesis 100.5, patch 190.2, allocation 58.2, distillation 141.7). On these random weights no
 reverse-engineered trigger counts, so the patch fits its triggers but runs no plan: a backdoored model also pays
 for the plans, unlearning's up to 300 steps among them (2.1-2.4 s a step there, explore/unlearn_step_time.py).
+Session 12, same host, with feature matching in the distillation (CC_NOTES 24): 527.8 s (synthesis 106.8, patch
+203.0, allocation 60.7, distillation 155.5).
 """
 
 from __future__ import annotations
