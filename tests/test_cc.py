@@ -105,6 +105,10 @@ def test_feature_matching_pulls_the_students_bn_outputs_to_the_teachers():
                                    config=CCConfig(do_finetune=False, do_scale=False))
     names = shared_bn_names(student, teacher)
     assert names and names == [n for n, m in teacher.named_modules() if isinstance(m, nn.BatchNorm2d)]
+    pruned = copy.deepcopy(student)  # a BN with fewer channels than the teacher's (channel pruning) is left out
+    parent, _, attr = names[0].rpartition(".")
+    setattr(pruned.get_submodule(parent) if parent else pruned, attr, nn.BatchNorm2d(1))
+    assert shared_bn_names(pruned, teacher) == names[1:]
     gen = torch.Generator().manual_seed(0)
     images, held = torch.rand(64, 1, 16, 16, generator=gen), torch.rand(32, 1, 16, 16, generator=gen)
 
