@@ -1,8 +1,9 @@
 """Synthetic fine-tuning for Clean & Compact: distil from the suspect, unlearn its shortcut.
 
-Two terms, both on synthetic data only (no real image is ever used):
+Terms, all on synthetic data only (no real image is ever used):
   * distillation: on (augmented) clean synthetic images, the student matches the teacher's
-    temperature-softened outputs (the teacher is the suspect; on clean inputs it is a good teacher);
+    temperature-softened outputs (the teacher is the suspect; on clean inputs it is a good teacher)
+    and, with ``feature_weight``, the teacher's BatchNorm outputs layer by layer;
   * unlearning: on the adversarial synthetic images (small perturbations that flipped the teacher,
     mostly into the backdoor's target class), the student matches the teacher's output on the
     MATCHING CLEAN image, so the shortcut from "trigger-like perturbation" to the target is undone.
