@@ -176,6 +176,15 @@ def render_html(report: dict) -> str:
                           [[c.get("plan"), c.get("channels"), c.get("units"), c.get("success_after"), c.get("unchanged"),
                             c.get("moved", "–")] for c in patch.get("candidates", [])]))
 
+    distil = (report.get("cc") or {}).get("distillation")
+    if distil and distil.get("steps"):
+        out.append(f"<h2>Distillation</h2><p>{distil['steps']} steps on the synthetic images; the student "
+                   + (f"also matched the teacher's outputs at <b>{distil['feature_layers']}</b> BatchNorm layers."
+                      if distil.get("feature_layers") else
+                      "matched the teacher's outputs only (no BatchNorm feature matching: it is off behind a patched "
+                      "teacher, whose features carry the patch's cuts)." if patch else
+                      "matched the teacher's outputs only.") + "</p>")
+
     spectra = report.get("spectra") or []
     if spectra:
         out.append("<h2>Normalised singular values (Tucker-2 modes)</h2>")

@@ -156,6 +156,7 @@ def test_run_writes_artifact_reports_and_rebuildable_model(tmp_path, tiny_wide, 
     assert np.abs(got - ref).max() <= 1e-4
     if method != "clp":
         assert any(l["ranks"] for l in on_disk["layers"])  # something was factorised
+        assert on_disk["cc"]["distillation"]["steps"] > 0 and "<h2>Distillation</h2>" in (out / "report.html").read_text()
 
 
 def test_same_seed_same_artifact_bytes(tmp_path, tiny_wide):
