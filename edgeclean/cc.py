@@ -87,7 +87,8 @@ class CCReport:
         d["cc"]["factorized_layers"] = sum(1 for l in self.layers if l["ranks"])
         d["cc"]["scaled_components"] = sum(len(m["indices"]) for l in self.layers for m in l["scaled"].values())
         # whether the student also matched the teacher's BN outputs (0 layers behind a patched teacher: distil_config)
-        d["cc"]["distillation"] = {k: self.finetune[k] for k in ("steps", "seconds", "feature_layers") if k in self.finetune}
+        d["cc"]["distillation"] = {k: self.finetune[k] for k in ("steps", "seconds", "feature_layers", "teacher_patched")
+                                   if k in self.finetune}
         return d
 
 
@@ -240,12 +241,12 @@ def clean_and_compact(model: nn.Module, spec, budget_bytes: int | None = None, p
     ft_stats = {"steps": 0}
     if config.do_finetune:
         t0 = time.perf_counter()
-        ft_cfg = distil_config(config, teacher_patched=patch_info is not None and bool(patched.used))
+        teacher_patched = patch_info is not None and bool(patched.used)  # the patch changed the teacher
         ft_stats = finetune(input_model(student, spec), input_model(teacher, spec), images, adv_images, adv_index,
-                            ft_cfg, target_class=target)
-        ft_stats["target_class"] = target
+                            distil_config(config, teacher_patched), target_class=target)
+        ft_stats["target_class"], ft_stats["teacher_patched"] = target, teacher_patched
         timings["finetune_s"] = time.perf_counter() - t0
-        if patch_info is not None and patched.used:
+        if teacher_patched:
             # distillation can teach the shortcut back: the triggers the patch silenced, on the student
             net = input_model(student, spec).eval()
             patch_info["student_success"] = round(max(success_rate(net, patched.check, t) for t in patched.used), 4)

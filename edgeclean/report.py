@@ -182,7 +182,7 @@ def render_html(report: dict) -> str:
                    + (f"also matched the teacher's outputs at <b>{distil['feature_layers']}</b> BatchNorm layers."
                       if distil.get("feature_layers") else
                       "matched the teacher's outputs only (no BatchNorm feature matching: it is off behind a patched "
-                      "teacher, whose features carry the patch's cuts)." if patch else
+                      "teacher, whose features carry the patch's cuts)." if distil.get("teacher_patched") else
                       "matched the teacher's outputs only.") + "</p>")
 
     spectra = report.get("spectra") or []

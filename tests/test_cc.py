@@ -47,8 +47,9 @@ def test_clean_and_compact_meets_budget_and_round_trips(tmp_path):
     assert report.finetune["steps"] == 3
     # no target suspected, so no patch: the student matches the suspect's BN outputs (one per BN layer)
     assert report.finetune["feature_layers"] == sum(isinstance(m, nn.BatchNorm2d) for m in model.modules())
-    assert report.to_dict()["cc"]["distillation"]["feature_layers"] == report.finetune["feature_layers"]
     d = report.to_dict()
+    assert d["cc"]["distillation"]["feature_layers"] == report.finetune["feature_layers"]
+    assert d["cc"]["distillation"]["teacher_patched"] is False
     assert d["tau_scale"] == 2.0 and d["cc"]["factorized_layers"] == len(report.spec["factorized"])
     path = save_cleaned(cleaned, report, tmp_path / "clean.pt")
     assert json.loads(path.with_suffix(".json").read_text())["spec"]["factorized"] == report.spec["factorized"]

@@ -299,7 +299,9 @@ def test_report_lists_every_candidate_plan_with_its_moved_share():
              {"plan": "unlearn", "channels": 0, "units": 0, "success_after": 0.047, "unchanged": 0.943, "moved": 0.121}]
     patch = {"plan": "unlearn", "channels": [], "units": [], "n_channels": 100, "n_inputs": 64, "head": "fc",
              "success_before": 0.9, "success_after": 0.047, "triggers": [], "candidates": cands}
-    html = render_html({"cc": {"patch": patch}, "gates": {}})
+    distillation = {"steps": 600, "seconds": 35.0, "feature_layers": 0, "teacher_patched": True}
+    html = render_html({"cc": {"patch": patch, "distillation": distillation}, "gates": {}})
     assert "triggered images moved (any class)" in html
+    assert "no BatchNorm feature matching: it is off behind a patched teacher" in html
     assert "<td>channels+head</td><td>47</td><td>0</td><td>0.078</td><td>0.981</td><td>0.371</td>" in html
     assert "<td>unlearn</td>" in html and "<td>0.121</td>" in html
