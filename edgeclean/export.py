@@ -502,9 +502,11 @@ def to_onnx(model: nn.Module, spec: ModelSpec, path: Path, config: ExportConfig)
 
     try:
         # The TorchScript exporter: it needs no onnxscript, names nodes after module paths and folds
-        # any conv+BN left in eval mode. Its deprecation warning is not for our users.
+        # any conv+BN left in eval mode. Its deprecation warning is not for our users, nor its note that
+        # it cannot fold a reversed Slice (a reflect-padded conv's), which onnxsim folds next.
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)
+            warnings.filterwarnings("ignore", message="Constant folding - Only steps=1", category=UserWarning)
             torch.onnx.export(
                 net, (dummy,), str(path), dynamo=False, opset_version=config.opset, input_names=["input"],
                 output_names=["logits"], dynamic_axes=dynamic, do_constant_folding=True,
@@ -819,15 +821,34 @@ def smooth_stem(nodes) -> list[str]:
     return names
 
 
-def _quant_options(nodes, inits: dict, cfg: Int8Config) -> tuple[list[str], dict]:
-    """nodes_to_exclude and extra_options for ``quantize_static`` from ``cfg`` on the float graph."""
+# ops between a classifier and the logits that only pool or reshape its output
+LOGIT_PASSTHROUGH = ("ReduceMean", "GlobalAveragePool", "AveragePool", "Flatten", "Reshape", "Squeeze",
+                     "Unsqueeze", "Identity", "Transpose")
+
+
+def classifier_node(nodes, output: str | None = None) -> list[str]:
+    """Name of the layer that writes the logits: followed back from the graph's ``output`` through pooling and
+    reshapes to a Gemm, MatMul or Conv (a fully convolutional classifier: a 1x1 conv, then the mean);
+    without ``output``, or where that walk ends elsewhere, the last Gemm / MatMul. [] if there is none."""
+    made_by = {t: n for n in nodes for t in n.output}
+    node = made_by.get(output)
+    while node is not None and node.op_type in LOGIT_PASSTHROUGH:
+        node = made_by.get(node.input[0])
+    if node is not None and node.op_type in ("Gemm", "MatMul", "Conv"):
+        return [node.name]
+    return [n.name for n in nodes if n.op_type in ("Gemm", "MatMul")][-1:]
+
+
+def _quant_options(nodes, inits: dict, cfg: Int8Config, output: str | None = None) -> tuple[list[str], dict]:
+    """nodes_to_exclude and extra_options for ``quantize_static`` from ``cfg`` on the float graph whose logits
+    are the tensor ``output``."""
     # The input normalisation stays float: quantising it costs three Q/DQ pairs and int8 copies
     # of mean and std, and the first conv's input is quantised anyway.
     exclude = [n.name for n in nodes if n.name in ("input/Sub", "input/Div")]
     if "first_conv" in cfg.keep_fp32:
         exclude += [n.name for n in nodes if n.op_type == "Conv"][:1]
     if "classifier" in cfg.keep_fp32:
-        exclude += [n.name for n in nodes if n.op_type in ("Gemm", "MatMul")][-1:]
+        exclude += [name for name in classifier_node(nodes, output) if name not in exclude]
     if "smooth_stem" in cfg.keep_fp32:
         exclude += [name for name in smooth_stem(nodes) if name not in exclude]
     extra: dict = {"QuantizeBias": cfg.quantize_bias}
@@ -918,7 +939,7 @@ def quantize_int8(fp32_path: Path, out_path: Path, calib: np.ndarray, config: In
         # A BN that could not be folded (pre-activation nets) stays float between Q/DQ pairs:
         # its rank-1 parameters have no output-channel axis to quantise per channel.
         op_types = sorted({n.op_type for n in nodes} - {"BatchNormalization"})
-        exclude, extra = _quant_options(nodes, {t.name: t for t in graph.initializer}, cfg)
+        exclude, extra = _quant_options(nodes, {t.name: t for t in graph.initializer}, cfg, graph.output[0].name)
         quantize_static(
             str(pre), str(out_path), Reader(calib, name, cfg.calibration_batch), quant_format=QuantFormat.QDQ,
             activation_type=types[cfg.activation_type], weight_type=types[cfg.weight_type],

@@ -568,3 +568,36 @@ def test_int8_gate_fails_on_a_shown_shortfall_and_writes_nothing(tmp_path):
     with pytest.raises(GateFailed, match="95% interval"):  # no interval reaches past 100%
         export(model, SPEC, out, precision="int8", calib=calib, config=ExportConfig(int8_min_agreement=1.001))
     assert list(tmp_path.iterdir()) == []
+
+
+class ConvHeadNet(ThreeConvNet):
+    """A fully convolutional classifier: a 1x1 conv writes per-pixel logits, forward() averages them."""
+
+    def __init__(self):
+        super().__init__()
+        self.head = nn.Conv2d(16, 10, 1)
+
+    def forward(self, x):
+        x = torch.relu(self.bn1(self.conv1(x)))
+        x = torch.relu(self.bn2(self.conv2(x)))
+        return torch.mean(self.head(x), dim=(2, 3))
+
+
+def test_int8_keeps_a_conv_classifier_float(tmp_path):
+    """"classifier" is the layer that writes the logits, found back from the graph's output through the
+    mean: a 1x1 conv head stays float like a Gemm one; the conv before it is quantised."""
+    from edgeclean.export import classifier_node
+
+    torch.manual_seed(0)
+    model = randomize_bn(ConvHeadNet())
+    spec = ModelSpec(arch="convhead", input_shape=(3, 8, 8), mean=(0.5, 0.4, 0.3), std=(0.2, 0.25, 0.3))
+    fp32, q = tmp_path / "f.onnx", tmp_path / "q.onnx"
+    export(model, spec, fp32, config=ExportConfig(write_ort=False))
+    graph = onnx.load(str(fp32)).graph
+    assert classifier_node(graph.node, graph.output[0].name) == ["head/Conv"]
+    assert classifier_node(graph.node) == []  # no Gemm: nothing without the output to follow
+    calib = np.random.default_rng(3).random((16, 3, 8, 8), dtype=np.float32)
+    export(model, spec, q, precision="int8", calib=calib, config=ExportConfig(int8_min_agreement=0.0, write_ort=False))
+    inits = {t.name: t for t in onnx.load(str(q)).graph.initializer}
+    assert inits["head.w"].data_type == onnx.TensorProto.FLOAT
+    assert inits["conv2.2.w"].data_type == onnx.TensorProto.INT8
