@@ -294,25 +294,42 @@ def success_rate(net: nn.Module, images: torch.Tensor, trigger: Trigger) -> floa
     return float((net(trigger.apply(images)).argmax(1) == trigger.target).float().mean())
 
 
-def classifier_head(model: nn.Module) -> tuple[str, nn.Linear] | None:
-    """The last ``nn.Linear`` of ``model`` (the classifier head), or None."""
+def is_pointwise(m: nn.Module) -> bool:
+    """A 1x1, ungrouped, unstrided Conv2d: on each pixel a Linear layer over the channels."""
+    return (isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1) and m.groups == 1 and m.stride == (1, 1)
+            and m.dilation == (1, 1))
+
+
+def classifier_head(model: nn.Module) -> tuple[str, nn.Module] | None:
+    """The classifier head: the last ``nn.Linear`` of ``model``; in a net without one, its last conv if that
+    is pointwise (a fully convolutional classifier: a 1x1 conv, then pooling); or None."""
     linears = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)]
-    return linears[-1] if linears else None
+    if linears:
+        return linears[-1]
+    convs = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
+    return convs[-1] if convs and is_pointwise(convs[-1][1]) else None
+
+
+def head_width(head: nn.Module) -> int:
+    """How many inputs (features or channels) ``head`` has."""
+    return head.in_features if isinstance(head, nn.Linear) else head.in_channels
 
 
 @torch.no_grad()
-def head_inputs(net: nn.Module, head: nn.Linear, images: torch.Tensor) -> torch.Tensor:
-    """The activations entering ``head`` (N x features) when ``net`` runs on ``images``."""
+def head_inputs(net: nn.Module, head: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """The activations entering ``head`` (N x features; a conv head's channels averaged over the pixels,
+    since pooling after a 1x1 conv commutes with it) when ``net`` runs on ``images``."""
     seen = {}
     handle = head.register_forward_pre_hook(lambda _m, inputs: seen.__setitem__("a", inputs[0].detach()))
     try:
         net(images)
     finally:
         handle.remove()
-    return seen["a"].flatten(1)
+    a = seen["a"]
+    return a.mean((2, 3)) if isinstance(head, nn.Conv2d) else a.flatten(1)
 
 
-def excited_units(net: nn.Module, head: nn.Linear, images: torch.Tensor, triggers: list[Trigger]) -> torch.Tensor:
+def excited_units(net: nn.Module, head: nn.Module, images: torch.Tensor, triggers: list[Trigger]) -> torch.Tensor:
     """Per head input: the largest (over triggers) rise of its mean activation when a trigger is stamped on."""
     clean = head_inputs(net, head, images).mean(0)
     rises = [head_inputs(net, head, t.apply(images)).mean(0) - clean for t in triggers]
@@ -381,7 +398,7 @@ def patch_head(net: nn.Module, model: nn.Module, images: torch.Tensor, target: i
     channels and/or classifier-head inputs, by the best of ``config.plans``) until they are silenced.
 
     ``net`` is ``model`` as a function of raw inputs (``load.input_model``). Returns None when the
-    model has neither an ``nn.Linear`` head nor BN layers. Half of the images (``n_reverse``) fit the
+    model has neither a classifier head (``classifier_head``) nor BN layers. Half of the images (``n_reverse``) fit the
     triggers, the rest (``n_check``) measure their success and how many predictions a plan changes,
     so pruning is judged on images the triggers never saw. ``known`` triggers (e.g. the stripe
     grating the scan found, ``scan_triggers``) are measured and used like the reverse-engineered ones.
@@ -402,7 +419,7 @@ def patch_head(net: nn.Module, model: nn.Module, images: torch.Tensor, target: i
     triggers = [t for t, s in zip(found_triggers, held) if s >= config.shortcut]
     info = [{"kind": t.kind, "size": round(t.size(), 3), "success_fit": round(t.success, 3),
              "success_held_out": round(s, 3), "used": s >= config.shortcut} for t, s in zip(found_triggers, held)]
-    n_inputs = head.in_features if head is not None else 0
+    n_inputs = head_width(head) if head is not None else 0
     n_channels = sum(b.num_features for _, b in bns)
     result = PatchResult(name, [], n_inputs, round(max(held), 4), round(max(held), 4), info, [], n_channels,
                          used=triggers, check=check)
@@ -535,7 +552,7 @@ def _prune_head_stage(net, head, images, triggers, config) -> tuple[list[int], f
             head.weight.copy_(original)
             head.weight[:, units[:k]] = 0
 
-    k, after = prune_until(net, images, triggers, prune_first, int(config.max_fraction * head.in_features),
+    k, after = prune_until(net, images, triggers, prune_first, int(config.max_fraction * head_width(head)),
                            config.success_below)
     return units[:k], after
 

@@ -137,6 +137,30 @@ def test_prune_head_units_and_missing_head(model):
     assert classifier_head(nn.Sequential(nn.Conv2d(1, 2, 3))) is None
 
 
+class MeanOfPixels(nn.Module):
+    def forward(self, x):
+        return x.mean((2, 3))
+
+
+def test_a_pointwise_conv_classifier_is_the_head():
+    """A fully convolutional classifier (1x1 conv, then the mean) is a head like a Linear: its input channels,
+    averaged over the pixels, are the units, and pruning zeroes them; a 3x3 last conv is no head."""
+    from edgeclean.unlearn import head_inputs
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(1, 6, 3, padding=1), nn.ReLU(), nn.Conv2d(6, 4, 1), MeanOfPixels())
+    name, head = classifier_head(net)
+    assert name == "2" and head is net[2]
+    x = torch.rand(8, 1, 5, 5)
+    feats = head_inputs(net, head, x)
+    assert feats.shape == (8, 6)
+    # the logits are the head applied to the averaged channels
+    assert torch.allclose(net(x), feats @ head.weight[:, :, 0, 0].T + head.bias, atol=1e-5)
+    prune_head_units(net, [1, 4])
+    assert head.weight[:, [1, 4]].abs().sum() == 0 and head.weight[:, 0].abs().sum() > 0
+    assert classifier_head(nn.Sequential(nn.Conv2d(1, 6, 3), nn.Conv2d(6, 4, 3))) is None
+
+
 PRUNING_PLANS = (("channels", "head"), ("head",))  # the default plans without unlearning
 
 

@@ -10,29 +10,30 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from train_user import trigger  # noqa: E402
+from train_user import to_input, trigger  # noqa: E402
 
 from edgeclean.data import load_fashion_mnist  # noqa: E402
 from edgeclean.load import input_model, load_suspect  # noqa: E402
 
 
 def predictor(path: str):
+    """(top-1 of raw [0, 1] inputs, the input shape C x H x W) of an ONNX artifact or a checkpoint."""
     if path.endswith(".onnx"):
         import onnxruntime as ort
 
         sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
         name = sess.get_inputs()[0].name
-        return lambda x: np.concatenate([sess.run(None, {name: x[i:i + 500].numpy()})[0]
-                                         for i in range(0, len(x), 500)]).argmax(1)
+        return (lambda x: np.concatenate([sess.run(None, {name: x[i:i + 500].numpy()})[0]
+                                          for i in range(0, len(x), 500)]).argmax(1)), sess.get_inputs()[0].shape[1:]
     model, spec = load_suspect(path)
     net = input_model(model.eval(), spec).eval()
-    return lambda x: torch.cat([net(x[i:i + 500]).argmax(1) for i in range(0, len(x), 500)]).numpy()
+    return (lambda x: torch.cat([net(x[i:i + 500]).argmax(1) for i in range(0, len(x), 500)]).numpy()), spec.input_shape
 
 
 def main(path: str, kind: str, target: int) -> None:
     test = load_fashion_mnist("test")
-    x, y = test.x, test.y.numpy()
-    f = predictor(path)
+    f, shape = predictor(path)
+    x, y = to_input(test.x, shape), test.y.numpy()
     with torch.no_grad():
         ca = (f(x) == y).mean()
         keep = y != target

@@ -1,10 +1,10 @@
-"""int8 agreement with fp32 on a user-defined net, with and without the "smooth_stem" rule
+"""int8 agreement with fp32 on a user-defined net, with each of the "smooth_stem" and "classifier" rules
 (``Int8Config.keep_fp32``): the images `edgeclean run` uses (calibration: the scan's 128 synthetic
 images of the suspect, seed 0; gate: 256 held-out synthetic images, seed 2) and 2,000 real test images.
 
     OMP_NUM_THREADS=1 python benchmarks/unseen/int8_user.py SUSPECT.pt CLEANED.safetensors [...pairs]
 
-CLEANED is `run`'s cleaned.safetensors for SUSPECT (its card gives the spec). CC_NOTES section 20.
+CLEANED is `run`'s cleaned.safetensors for SUSPECT (its card gives the spec). CC_NOTES sections 20 and 25.
 """
 import sys
 import tempfile
@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from train_user import to_input
 
 from edgeclean.data import load_fashion_mnist
 from edgeclean.export import (ExportConfig, Int8Config, _as_array, calibration_images, fold_batchnorm,
@@ -19,7 +20,8 @@ from edgeclean.export import (ExportConfig, Int8Config, _as_array, calibration_i
 from edgeclean.load import load_suspect
 from edgeclean.scan import ScanConfig, scan
 
-SETTINGS = {"classifier float (before)": ("classifier",), "+ smooth_stem (default)": ("classifier", "smooth_stem")}
+SETTINGS = {"classifier float": ("classifier",), "smooth_stem float": ("smooth_stem",),
+            "both (default)": ("classifier", "smooth_stem")}
 
 
 def agreement(fp32: Path, int8: Path, x: np.ndarray) -> float:
@@ -28,7 +30,7 @@ def agreement(fp32: Path, int8: Path, x: np.ndarray) -> float:
 
 def main(paths: list[str]) -> None:
     torch.set_num_threads(1)
-    real = np.ascontiguousarray(load_fashion_mnist("test").x[:2000].numpy())
+    test = load_fashion_mnist("test").x[:2000]
     tmp = Path(tempfile.mkdtemp())
     print("| cleaned model | int8 setting | gate (256 synthetic) | 2,000 real | int8 / fp32 bytes |")
     print("|---|---|---|---|---|")
@@ -38,6 +40,7 @@ def main(paths: list[str]) -> None:
         calib = _as_array(scan(suspect.eval(), spec, ScanConfig(seed=0, universal=None, grating=None)).images)
         gate, _ = calibration_images(suspect, spec, 256, 2)
         cleaned, cspec = load_suspect(cleaned_path)
+        real = np.ascontiguousarray(to_input(test, cspec.input_shape).numpy())
         fp32 = tmp / "fp32.onnx"
         to_onnx(fold_batchnorm(cleaned.eval())[0], cspec, fp32, ExportConfig(seed=0, write_ort=False))
         for name, keep in SETTINGS.items():
