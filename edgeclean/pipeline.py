@@ -128,6 +128,25 @@ def _scan(model, spec, seed: int, extra: dict):
     return scan(model, spec, cfg)
 
 
+def backdoor_gate(after, acted_on: bool) -> dict:
+    """The backdoor gate on the scan after cleaning: it fails when that scan suspects a backdoor or cannot judge.
+
+    ``acted_on``: whether the cleaning had a target (the scan before suspected one, or the user named it). A flag
+    raised only after cleaning a model nothing was patched in is said to be so: where that was seen on a clean net
+    (ColorNet, CC_NOTES 25 (c)) it came from the compressed model's BatchNorm statistics.
+    """
+    # an inconclusive scan (most synthetic images in one class) means the cleaned network no longer
+    # fits its own BN statistics: nothing can be said about a backdoor, so the gate does not pass
+    inconclusive = bool(getattr(after, "inconclusive", False))
+    verdict = ("suspected (target " + str(after.target_class) + ")" if after.suspected
+               else "inconclusive (" + after.basis + ")" if inconclusive else "not suspected")
+    detail = f"scan after cleaning: score {after.score:.3f}, {verdict}"
+    if after.suspected and not acted_on:
+        detail += (" where the scan before cleaning suspected nothing and nothing was patched: the flag is the "
+                   "compressed model's, and on a clean net it has come from its BatchNorm statistics (README)")
+    return {"passed": not after.suspected and not inconclusive, "detail": detail}
+
+
 def _ngf_data(config: RunConfig, spec, scan_result):
     """Clean data for NGF: the user's share when given, else the scan's synthetic + adversarial images."""
     from .ngf import data_from_scan
@@ -332,13 +351,7 @@ def _run_stages(model, spec, model_path, config, budget_bytes, precision, reason
         detail = (f"artifact {size:,} bytes vs budget {budget_bytes:,} bytes" if size is not None
                   else f"no artifact to measure (the parity gate failed); budget {budget_bytes:,} bytes")
         gates["budget"] = {"passed": ok, "detail": detail}
-    # an inconclusive scan (most synthetic images in one class) means the cleaned network no longer
-    # fits its own BN statistics: nothing can be said about a backdoor, so the gate does not pass
-    inconclusive = bool(getattr(after, "inconclusive", False))
-    verdict = ("suspected (target " + str(after.target_class) + ")" if after.suspected
-               else "inconclusive (" + after.basis + ")" if inconclusive else "not suspected")
-    gates["backdoor"] = {"passed": not after.suspected and not inconclusive,
-                         "detail": f"scan after cleaning: score {after.score:.3f}, {verdict}"}
+    gates["backdoor"] = backdoor_gate(after, acted_on=guide.suspected)
     report = {
         "version": __version__,
         "model": str(model_path),

@@ -244,3 +244,25 @@ def test_inconclusive_scan_after_cleaning_fails_the_backdoor_gate(tmp_path):
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert report["scan_after"]["inconclusive"] and not report["gates"]["backdoor"]["passed"]
     assert "inconclusive" in report["gates"]["backdoor"]["detail"]
+
+
+def test_backdoor_gate_says_when_only_the_scan_after_flags_an_untouched_model():
+    """A flag the scan after cleaning raises fails the gate either way; where the cleaning had no target (nothing
+    was patched), the detail says that the flag is the compressed model's."""
+    from dataclasses import replace
+
+    from edgeclean.load import ModelSpec
+    from edgeclean.pipeline import backdoor_gate
+    from edgeclean.scan import scan
+
+    torch.manual_seed(0)
+    model = create_model("tiny_cnn", num_classes=4, in_channels=1, width=4.0).eval()
+    spec = ModelSpec(arch="tiny_cnn", num_classes=4, input_shape=(1, 16, 16))
+    result = scan(model, spec, _fast_extra()["scan"])
+    flagged = replace(result, suspected=True, target_class=1)
+    untouched, acted = backdoor_gate(flagged, acted_on=False), backdoor_gate(flagged, acted_on=True)
+    assert not untouched["passed"] and not acted["passed"]
+    assert "suspected nothing and nothing was patched" in untouched["detail"]
+    assert "nothing was patched" not in acted["detail"] and "suspected (target 1)" in acted["detail"]
+    cleared = backdoor_gate(replace(result, suspected=False, inconclusive=False), acted_on=False)
+    assert cleared["passed"] and cleared["detail"].endswith("not suspected")
