@@ -317,8 +317,8 @@ def head_width(head: nn.Module) -> int:
 
 @torch.no_grad()
 def head_inputs(net: nn.Module, head: nn.Module, images: torch.Tensor) -> torch.Tensor:
-    """The activations entering ``head`` (N x features; a conv head's channels averaged over the pixels,
-    since pooling after a 1x1 conv commutes with it) when ``net`` runs on ``images``."""
+    """The activations entering ``head`` (N x features; a conv head's channels averaged over the pixels, which
+    is exact when its output is averaged, as global average pooling does) when ``net`` runs on ``images``."""
     seen = {}
     handle = head.register_forward_pre_hook(lambda _m, inputs: seen.__setitem__("a", inputs[0].detach()))
     try:
