@@ -461,24 +461,27 @@ def patch_head(net: nn.Module, model: nn.Module, images: torch.Tensor, target: i
     return result
 
 
-def plan_rank(cand: dict, silenced: bool, source_min_unchanged: float = 0.95) -> tuple:
+def plan_rank(cand: dict, silenced: bool, source_min_unchanged: float = 0.95, unlearn_min_unchanged: float = 0.9) -> tuple:
     """How ``patch_head`` ranks its candidate plans (higher wins).
 
     1. Whether the triggers are silenced.
     2. Whether the plan removes the trigger's effect where it arises rather than hiding it from the
        classifier: BatchNorm channels alone that leave at least ``source_min_unchanged`` of the held-out
        synthetic predictions as they were, or unlearning (the weights retrained so that triggered images
-       keep their clean answer). A head patch only cuts the trigger's way to the target: on vgg11_badnets
+       keep their clean answer) that leaves at least ``unlearn_min_unchanged`` of them. A head patch only cuts
+       the trigger's way to the target: on vgg11_badnets
        (seed 2 then and again on the retrained suite) it changed fewer synthetic predictions but left the
        real trigger at 18.6-20.6 % ASR against 0.0-0.1 % (CC_NOTES 18, 23). Channels that silenced alone but
-       changed 17 % cost 10 pt of CA on an unseen ResNet-34 WaNet (CC_NOTES 19), hence the bound.
+       changed 17 % cost 10 pt of CA on an unseen ResNet-34 WaNet (CC_NOTES 19), hence the bound. Unlearning
+       that changed 27 % on an unseen ColorNet cost 19 pt more CA than the head patch (CC_NOTES 25 (g)); the
+       suite's unlearned teachers that won kept 0.943 (vgg11_badnets), and no recorded choice moves at 0.9.
     3. Predictions left unchanged minus ``moved``, the share of triggered images the triggers still send to a
        class other than their untriggered one (the target or any other): a patch that blocks the target while the trigger's features stay moves the backdoor
        to the next class, which ASR does not count. Within a suspect, the fitted triggers' ``moved`` ranked the
        plans as the real trigger's redirect did in every comparison measured (CC_NOTES 23); across suspects it
        is no measure of it (CC_NOTES 22 (h)). Plans that failed rank by how low the triggers' success got."""
     at_source = silenced and ((cand["channels"] > 0 and cand["units"] == 0 and cand["unchanged"] >= source_min_unchanged)
-                              or "unlearn" in cand["plan"].split("+"))
+                              or ("unlearn" in cand["plan"].split("+") and cand["unchanged"] >= unlearn_min_unchanged))
     return (silenced, at_source, cand["unchanged"] - cand.get("moved", 0.0) if silenced else -cand["success_after"])
 
 

@@ -255,6 +255,8 @@ def test_plan_rank_prefers_silencing_then_removal_at_the_source_then_fewer_chang
     unlearned = cand(0, 0, 0.943, moved=0.121, plan="unlearn")
     assert plan_rank(unlearned, True) > plan_rank(cand(47, 0, 0.981, moved=0.371), True)
     assert plan_rank(unlearned, True) > plan_rank(cand(0, 41, 0.991, moved=0.258), True)
+    # ... unless it changed more than a tenth of the held-out predictions (the filter ColorNet, CC_NOTES 25 (g))
+    assert plan_rank(cand(0, 28, 0.94, moved=0.645), True) > plan_rank(cand(0, 0, 0.73, moved=0.570, plan="unlearn"), True)
     # any silencing plan beats one that failed; among failures, the lower success wins
     assert plan_rank(both, True) > plan_rank(cand(40, 0, 1.0, after=0.2), False)
     assert plan_rank(cand(0, 64, 0.9, after=0.12), False) > plan_rank(cand(31, 0, 0.99, after=0.3), False)
