@@ -447,7 +447,7 @@ def patch_head(net: nn.Module, model: nn.Module, images: torch.Tensor, target: i
                 units, after = _prune_head_stage(net, head, check, triggers, config)
         with torch.no_grad():
             kept = float((net(check).argmax(1) == base)[clean].float().mean()) if clean.any() else 1.0
-        silenced = after < (config.unlearn_below if "unlearn" in plan else config.success_below)
+        silenced = is_silenced(plan, after, config)
         cand = {"plan": "+".join(plan), "channels": len(channels), "units": len(units),
                 "success_after": round(after, 4), "unchanged": round(kept, 4),
                 "moved": round(moved_rate(net, check, triggers), 4)}
@@ -459,6 +459,12 @@ def patch_head(net: nn.Module, model: nn.Module, images: torch.Tensor, target: i
     model.load_state_dict(state)
     result.plan, result.success_after = cand["plan"], round(after, 4)
     return result
+
+
+def is_silenced(plan, after: float, config: PatchConfig) -> bool:
+    """Whether a plan (its stages, e.g. ("channels", "head")) silenced the triggers: their success ``after`` it is
+    below ``config.success_below``, or below ``config.unlearn_below`` for a plan that unlearns (see there)."""
+    return after < (config.unlearn_below if "unlearn" in plan else config.success_below)
 
 
 def plan_rank(cand: dict, silenced: bool, source_min_unchanged: float = 0.95, unlearn_min_unchanged: float = 0.9) -> tuple:

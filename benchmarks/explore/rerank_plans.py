@@ -12,17 +12,14 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-from edgeclean.unlearn import PatchConfig, plan_rank  # noqa: E402
+from edgeclean.unlearn import PatchConfig, is_silenced, plan_rank  # noqa: E402
 
 CONFIG = PatchConfig()
 
 
-def silenced(c: dict) -> bool:
-    return c["success_after"] < (CONFIG.unlearn_below if "unlearn" in c["plan"].split("+") else CONFIG.success_below)
-
-
 def choice(cands: list[dict], floor: float) -> str:
-    return max(cands, key=lambda c: plan_rank(c, silenced(c), unlearn_min_unchanged=floor))["plan"]
+    return max(cands, key=lambda c: plan_rank(c, is_silenced(c["plan"].split("+"), c["success_after"], CONFIG),
+                                              unlearn_min_unchanged=floor))["plan"]
 
 
 def candidate_lists(path: str):
