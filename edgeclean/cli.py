@@ -274,20 +274,24 @@ def _read_images(path: str):
 @click.option("--precision", type=click.Choice(["fp32", "int8"]), default="fp32", show_default=True)
 @click.option("--calib", default=None, type=click.Path(dir_okay=False),
               help="int8 calibration images (.npy/.npz, N x C x H x W in [0,1]); default: synthetic images, no data.")
+@click.option("--int8-activations", type=click.Choice(["auto", "int8", "float"]), default="auto", show_default=True,
+              help="int8 only: auto = static int8, or int8 weights with float activations where static int8 fails "
+                   "the agreement gate; int8 = static int8 or nothing (runtimes needing int8 kernels); float = int8 weights only.")
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON only.")
 @handle_errors
-def export_cmd(model, arch, input_shape, mean, std, out, precision, calib, as_json):
+def export_cmd(model, arch, input_shape, mean, std, out, precision, calib, int8_activations, as_json):
     """Export MODEL to ONNX (raw [0,1] inputs, BN folded, opset 17) and check parity with PyTorch."""
     import os
     import tempfile
     from pathlib import Path
 
-    from .export import export
+    from .export import ExportConfig, export, with_int8_activations
     from .load import load_suspect
 
     net, spec = load_suspect(model, arch=arch, input_shape=input_shape, mean=mean, std=std)
     out = Path(out) if out else Path("export") / Path(model).stem / "model.onnx"
-    info = export(net, spec, out, precision=precision, calib=_read_images(calib) if calib else None)
+    info = export(net, spec, out, precision=precision, calib=_read_images(calib) if calib else None,
+                  config=with_int8_activations(ExportConfig(), int8_activations))
     # A card beside the artifact, like the one beside a checkpoint: what the graph expects.
     card = out.with_suffix(".json")
     fd, tmp = tempfile.mkstemp(prefix=f".{card.stem}.", suffix=".json", dir=card.parent)
@@ -313,6 +317,10 @@ def export_cmd(model, arch, input_shape, mean, std, out, precision, calib, as_js
                    f"(x{info['int8_size_ratio']:.3f}); calibration: {info['calibration']['source']}; "
                    f"{info['int8_weight_bits']}-bit weights" + (" (this CPU's int8 kernels saturate without VNNI)"
                                                                  if info["int8_weight_bits"] == 7 else ""))
+        if info["int8_activations"] == "float":
+            static = info["int8_static_agreement"]
+            click.echo("activations: float (int8 weights only, no int8 kernels)" + (
+                f"; static int8 agreed on only {', '.join(f'{v:.1%}' for v in static.values())}" if static else ""))
     if info.get("ort_path"):
         click.echo(f"ORT-format copy: {info['ort_path']}")
 
@@ -385,10 +393,13 @@ def bench_cmd(model, target, threads, runs, warmup, as_json, setup, force):
 @click.option("--backdoor-target", type=int, default=None, metavar="CLASS",
               help="Class you suspect the backdoor targets: cleaning acts on it whatever the scan says "
                    "(a wrong class can cost much accuracy on a model that is easy to push).")
+@click.option("--int8-activations", type=click.Choice(["auto", "int8", "float"]), default="auto", show_default=True,
+              help="int8 only: auto = static int8, or int8 weights with float activations where static int8 fails "
+                   "the agreement gate; int8 = static int8 or nothing (runtimes needing int8 kernels); float = int8 weights only.")
 @click.option("--quiet", is_flag=True, help="No progress output; only the final line.")
 @handle_errors
 def run_cmd(model, arch, input_shape, mean, std, target, budget, precision, method, clean_data, ngf_layer,
-            out_dir, seed, as_json, backdoor_target, quiet):
+            out_dir, seed, as_json, backdoor_target, int8_activations, quiet):
     """Clean MODEL of backdoors, compress it to --budget, export ONNX and measure it on --target.
 
     Exit 0: within budget, parity passed, no backdoor suspected after cleaning; 1: a gate failed
@@ -400,7 +411,8 @@ def run_cmd(model, arch, input_shape, mean, std, target, budget, precision, meth
     err = make_console(stderr=True)
     log = None if (quiet or as_json) else (lambda msg: err.print(msg, highlight=False, markup=False))
     config = RunConfig(method=method, target=target, budget=budget, precision=precision, clean_data=clean_data,
-                       ngf_layer=ngf_layer, out_dir=out_dir, seed=seed, backdoor_target=backdoor_target)
+                       ngf_layer=ngf_layer, out_dir=out_dir, seed=seed, backdoor_target=backdoor_target,
+                       int8_activations=int8_activations)
     report, out = run(model, config, dict(arch=arch, input_shape=input_shape, mean=mean, std=std), log=log)
     if as_json:
         click.echo(json.dumps(report, indent=1))

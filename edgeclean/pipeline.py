@@ -46,6 +46,7 @@ class RunConfig:
     # an unseen net with BN in its early layers only hid a checkerboard patch (score 0.69, CC_NOTES 20).
     # A wrong class is not free: on that net's clean twin, class 6 cost 29 pt of CA (CC_NOTES 20)
     backdoor_target: int | None = None
+    int8_activations: str = "auto"  # export.with_int8_activations: auto | int8 | float
     extra: dict = field(default_factory=dict)  # stage configs by name, for notebooks and benchmarks
 
 
@@ -126,6 +127,15 @@ def _scan(model, spec, seed: int, extra: dict):
 
     cfg = extra.get("scan") or ScanConfig(seed=seed)
     return scan(model, spec, cfg)
+
+
+def _weights_only_note(exp: dict) -> str:
+    """Said in the parity gate's detail when the int8 artifact computes in float (``ExportConfig``'s fallback)."""
+    static = exp.get("int8_static_agreement")
+    if not static:
+        return ""
+    return (f"; static int8 agreed with fp32 on only {', '.join(f'{v:.1%}' for v in static.values())}, so the artifact "
+            "has int8 weights and float activations (same size, no int8 kernels)")
 
 
 def backdoor_gate(after, acted_on: bool) -> dict:
@@ -227,6 +237,7 @@ def _save_cleaned(model: nn.Module, spec, tmp: Path) -> None:
 
 def run(model_path: str | Path, config: RunConfig = RunConfig(), load_kwargs: dict | None = None, log=None) -> tuple[dict, Path]:
     """Run the whole pipeline; return (report, output directory). Raises UserError on bad input."""
+    from .export import ExportConfig, with_int8_activations
     from .load import load_suspect
     from .ranks import check_precision, parse_budget
 
@@ -236,6 +247,7 @@ def run(model_path: str | Path, config: RunConfig = RunConfig(), load_kwargs: di
         raise UserError(f"--target {config.target!r} is unknown; use one of {', '.join(TARGETS)}")
     if config.precision != "auto":
         check_precision(config.precision)
+    with_int8_activations(ExportConfig(), config.int8_activations)  # a bad mode is bad input, said before any stage
     budget_bytes = parse_budget(config.budget)
     model_path = Path(model_path)
     out = Path(config.out_dir) if config.out_dir else Path("export") / model_path.stem
@@ -250,7 +262,7 @@ def run(model_path: str | Path, config: RunConfig = RunConfig(), load_kwargs: di
         if config.backdoor_target is not None and not 0 <= config.backdoor_target < spec.num_classes:
             raise UserError(f"--backdoor-target {config.backdoor_target} is not a class of this model; "
                             f"give one in 0..{spec.num_classes - 1}")
-        precision, reason = decide_precision(model, config.precision, budget_bytes)
+        precision, reason = decide_precision(model, config.precision, budget_bytes, spec)
 
     with staging_dir(out) as tmp:
         report = _run_stages(model, spec, model_path, config, budget_bytes, precision, reason, stages, tmp)
@@ -262,7 +274,7 @@ def run(model_path: str | Path, config: RunConfig = RunConfig(), load_kwargs: di
     return report, out
 
 
-def decide_precision(model: nn.Module, precision: str, budget_bytes: int | None) -> tuple[str, str]:
+def decide_precision(model: nn.Module, precision: str, budget_bytes: int | None, spec=None) -> tuple[str, str]:
     """Precision of the artifact and why; an impossible budget is a bad input (exit 2), found
     before any expensive stage runs.
 
@@ -274,7 +286,7 @@ def decide_precision(model: nn.Module, precision: str, budget_bytes: int | None)
 
     if budget_bytes is not None:
         for p in ((precision,) if precision != "auto" else ("int8",)):
-            smallest = smallest_bytes(model, None, p)
+            smallest = smallest_bytes(model, spec, p)
             if smallest > budget_bytes:
                 raise UserError(f"budget {budget_bytes:,} bytes cannot be met: the smallest reachable {p} artifact is about "
                                 f"{smallest:,} bytes ({smallest / 1e6:.3f} MB); raise --budget")
@@ -292,7 +304,7 @@ def decide_precision(model: nn.Module, precision: str, budget_bytes: int | None)
 
 def _run_stages(model, spec, model_path, config, budget_bytes, precision, reason, stages, tmp: Path) -> dict:
     from .bench import bench
-    from .export import ExportConfig, calibration_images, export
+    from .export import ExportConfig, calibration_images, export, with_int8_activations
     from .ranks import estimate_bytes
     from .summary import count_macs
 
@@ -316,12 +328,14 @@ def _run_stages(model, spec, model_path, config, budget_bytes, precision, reason
             # int8: calibrate on the scan's synthetic images; judge agreement on held-out ones
             # synthesised from another seed (a gate on a quarter of the scan's, 32 images, failed
             # a sound model whenever one near-tie flipped)
-            export_cfg = ExportConfig(seed=config.seed, write_ort=config.target == "arm64")
+            export_cfg = with_int8_activations(ExportConfig(seed=config.seed, write_ort=config.target == "arm64"),
+                                               config.int8_activations)
             gate = None
             if precision == "int8":
                 gate, _ = calibration_images(model, spec, export_cfg.gate_samples, config.seed + 2)
             exp = export(cleaned, spec, artifact, precision, calib=before.images, eval_inputs=gate, config=export_cfg)
-            gates["parity"] = {"passed": True, "detail": f"max abs diff {exp['parity']['max_abs_diff']:.2e}"}
+            gates["parity"] = {"passed": True, "detail": f"max abs diff {exp['parity']['max_abs_diff']:.2e}"
+                               + _weights_only_note(exp)}
         except GateFailed as exc:
             exp = None
             gates["parity"] = {"passed": False, "detail": str(exc)}
@@ -370,8 +384,8 @@ def _run_stages(model, spec, model_path, config, budget_bytes, precision, reason
         "scan_after": after.to_dict(),
         "parity": ({"max_abs_diff": exp["parity"]["max_abs_diff"], "top1_agreement": exp["parity"]["top1_agreement"]}
                    if exp is not None else None),
-        "int8": ({k: exp[k] for k in ("int8_agreement", "fp32_bytes", "int8_bytes", "int8_size_ratio", "int8_weight_bits")
-                  if k in exp}
+        "int8": ({k: exp[k] for k in ("int8_agreement", "fp32_bytes", "int8_bytes", "int8_size_ratio", "int8_weight_bits",
+                                      "int8_activations", "int8_static_agreement") if k in exp}
                  if exp is not None and precision == "int8" else None),
         "latency_ms": latency,
         "original": {"size_bytes": orig_info["bytes"], "macs": original_macs, "latency_ms": orig_latency,

@@ -601,3 +601,75 @@ def test_int8_keeps_a_conv_classifier_float(tmp_path):
     inits = {t.name: t for t in onnx.load(str(q)).graph.initializer}
     assert inits["head.w"].data_type == onnx.TensorProto.FLOAT
     assert inits["conv2.2.w"].data_type == onnx.TensorProto.INT8
+
+
+def test_int8_falls_back_to_int8_weights_with_float_activations(tmp_path):
+    # calibrated on dim images, judged on full-range ones: static int8 clips the activations at the calibrated
+    # ranges and fails the gate; int8 weights computed in float clip nothing
+    torch.manual_seed(0)
+    model = randomize_bn(create_model("tiny_cnn", num_classes=10, in_channels=3, width=4.0))
+    rng = np.random.default_rng(5)
+    calib = 0.05 * rng.random((32, 3, 16, 16), dtype=np.float32)
+    x = rng.random((64, 3, 16, 16), dtype=np.float32)
+    from edgeclean.export import with_int8_activations
+
+    strict = with_int8_activations(ExportConfig(int8_min_agreement=0.9), "int8")  # --int8-activations int8
+    with pytest.raises(GateFailed, match="interval"):
+        export(model, SPEC, tmp_path / "static" / "q.onnx", precision="int8", calib=calib, eval_inputs=x, config=strict)
+    assert list((tmp_path / "static").iterdir()) == []
+
+    out = tmp_path / "q.onnx"
+    info = export(model, SPEC, out, precision="int8", calib=calib, eval_inputs=x, config=ExportConfig(int8_min_agreement=0.9))
+    assert info["int8_activations"] == "float"
+    assert info["int8_static_agreement"]["given"] < 0.9 <= info["int8_agreement"]["given"]["top1_agreement"]
+    proto = onnx.load(str(out))
+    kinds = [n.op_type for n in proto.graph.node]
+    assert "QuantizeLinear" not in kinds and kinds.count("Conv") == 2
+    inits = {t.name: t for t in proto.graph.initializer}
+    for conv in (n for n in proto.graph.node if n.op_type == "Conv"):
+        dq = next(n for n in proto.graph.node if n.op_type == "DequantizeLinear" and n.output[0] == conv.input[1])
+        assert numpy_helper.to_array(inits[dq.input[0]]).dtype == np.int8
+    assert info["int8_bytes"] < 0.4 * info["fp32_bytes"]
+    fp32 = ort_run(out.with_suffix(".fp32.onnx"), x)
+    assert np.max(np.abs(ort_run(out, x) - fp32)) < 0.05 * np.max(np.abs(fp32))  # int8 weight rounding only
+    np.testing.assert_allclose(ort_run(out.with_suffix(".ort"), x), ort_run(out, x), atol=1e-5)
+    # --int8-activations float: the same file without trying static int8 first
+    asked = export(model, SPEC, tmp_path / "f.onnx", precision="int8", calib=calib, eval_inputs=x,
+                   config=with_int8_activations(ExportConfig(int8_min_agreement=0.9), "float"))
+    assert asked["int8_activations"] == "float" and asked["int8_static_agreement"] is None
+    np.testing.assert_array_equal(ort_run(tmp_path / "f.onnx", x), ort_run(out, x))
+
+
+def test_int8_weights_only_keeps_the_float_ends_and_rejects_unknown_modes(tmp_path):
+    from edgeclean.export import Int8Config, quantize_int8
+
+    torch.manual_seed(0)
+    model = randomize_bn(create_model("tiny_cnn", num_classes=10, in_channels=3, width=4.0))
+    export(model, SPEC, tmp_path / "m.onnx")
+    facts = quantize_int8(tmp_path / "m.onnx", tmp_path / "q.onnx", None, Int8Config(activations="float"))
+    g = onnx.load(str(tmp_path / "q.onnx")).graph
+    convs = [n.name for n in g.node if n.op_type == "Conv"]
+    assert facts["weights_only"] == convs and not facts["reduce_range"]  # no calibration, 8-bit, Gemm kept float
+    inits = {t.name: t for t in g.initializer}
+    gemm = next(n for n in g.node if n.op_type == "Gemm")
+    assert numpy_helper.to_array(inits[gemm.input[1]]).dtype == np.float32
+    with pytest.raises(UserError, match="activations"):
+        quantize_int8(tmp_path / "m.onnx", tmp_path / "bad.onnx", None, Int8Config(activations="int4"))
+
+
+def test_int8_float_layers_name_what_int8_keeps_float_and_the_byte_model_prices_them(tmp_path):
+    from edgeclean.export import int8_float_layers
+    from edgeclean.ranks import estimate_bytes
+
+    spec = ModelSpec(arch="x", input_shape=(3, 8, 8), mean=(0.5, 0.4, 0.3), std=(0.2, 0.25, 0.3))
+    torch.manual_seed(0)
+    assert int8_float_layers(randomize_bn(ConvHeadNet()), spec) == ["head"]
+    assert int8_float_layers(randomize_bn(ThreeConvNet()), spec) == ["fc"]
+    model = randomize_bn(SiLUStemNet())
+    kept = int8_float_layers(model, spec)
+    assert sorted(kept) == ["conv1", "fc"]
+    calib = np.random.default_rng(3).random((16, 3, 8, 8), dtype=np.float32)
+    real = export(model, spec, tmp_path / "q.onnx", precision="int8", calib=calib,
+                  config=ExportConfig(int8_min_agreement=0.0, write_ort=False))["int8_bytes"]
+    # the float stem's weights cost 4 bytes each in the file, as the estimate now says
+    assert abs(estimate_bytes(model, "int8", kept) - real) < abs(estimate_bytes(model, "int8") - real)

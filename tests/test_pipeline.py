@@ -266,3 +266,12 @@ def test_backdoor_gate_says_when_only_the_scan_after_flags_an_untouched_model():
     assert "nothing was patched" not in acted["detail"] and "suspected (target 1)" in acted["detail"]
     cleared = backdoor_gate(replace(result, suspected=False, inconclusive=False), acted_on=False)
     assert cleared["passed"] and cleared["detail"].endswith("not suspected")
+
+
+def test_bad_int8_activations_mode_is_refused_before_any_stage(tmp_path, tiny):
+    from edgeclean.pipeline import RunConfig, run
+
+    out = tmp_path / "out"
+    with pytest.raises(UserError, match="--int8-activations"):
+        run(tiny, RunConfig(int8_activations="int4", out_dir=out))
+    _assert_no_output(out)
