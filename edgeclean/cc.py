@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .export import int8_float_layers
 from .factorize import conv_layers, factorizable, factorize_conv, reconstruct, scale, truncate, tucker2
 from .finetune import FinetuneConfig, finetune, use_bf16
 from .ranks import (
@@ -151,7 +152,10 @@ def clean_and_compact(model: nn.Module, spec, budget_bytes: int | None = None, p
     torch.manual_seed(config.seed)
     timings = {}
     teacher = model.eval()
-    before = estimate_bytes(model, precision)
+    # the layers an int8 artifact keeps float (the classifier, a smooth stem) cost 4 bytes a weight there: priced
+    # so, and left dense (a conv classifier and a SiLU stem put ColorNet's int8 files 7% over, CC_NOTES 26 (b))
+    float_layers = int8_float_layers(model, spec) if precision == "int8" else None
+    before = estimate_bytes(model, precision, float_layers)
 
     # 5. synthetic data: distillation needs it, the "output" rank proxy measures on it
     images = adv_images = adv_index = None
@@ -200,7 +204,7 @@ def clean_and_compact(model: nn.Module, spec, budget_bytes: int | None = None, p
 
     # 3. allocate ranks
     t0 = time.perf_counter()
-    spectra = layer_spectra(dict(convs), tuckers)
+    spectra = [l for l in layer_spectra(dict(convs), tuckers) if l.name not in (float_layers or ())]
     other = before - sum(conv_bytes(l.c_in, l.c_out, l.kernel, precision) for l in spectra)
     if budget_bytes is not None and config.ranks.proxy == "output":
         spectra = rank_sensitivity(input_model(student, spec), dict(convs), tuckers, spectra,
@@ -228,6 +232,9 @@ def clean_and_compact(model: nn.Module, spec, budget_bytes: int | None = None, p
             dense = conv_bytes(conv.in_channels, conv.out_channels, conv.kernel_size, precision)
             reason = ("rank fraction above %.2f or no smaller than dense" % config.ranks.dense_fraction) if policy != "budget" \
                 else "budget met without factorising it (or factorised form not smaller)"
+            if name in (float_layers or ()):
+                reason = "kept float in the int8 artifact, so not factorised"
+                dense = conv_bytes(conv.in_channels, conv.out_channels, conv.kernel_size, "fp32")
             layers.append(_layer_entry(name, conv, None, reason, scaled_info.get(name, {})) | {"bytes": int(dense)})
             continue
         block = factorize_conv(conv, r[0], r[1], tuckers[name])
@@ -260,7 +267,7 @@ def clean_and_compact(model: nn.Module, spec, budget_bytes: int | None = None, p
     timings["total_s"] = round(sum(timings.values()), 2)
     report = CCReport(
         spec=new_spec.to_dict(), budget_bytes=budget_bytes, precision=precision, rank_policy=policy,
-        estimated_bytes_before=before, estimated_bytes_after=estimate_bytes(student, precision),
+        estimated_bytes_before=before, estimated_bytes_after=estimate_bytes(student, precision, float_layers),
         layers=layers, timings=timings, finetune=ft_stats, data=data_info, patch=patch_info,
         spectra=report_spectra(raw_spectra, layers, config.scale) if config.do_scale else [],
         config=json.loads(json.dumps(asdict(config), default=str)),
@@ -366,12 +373,14 @@ def default_energy_bytes(model: nn.Module, precision: str = "fp32", config: Rank
 
 
 def smallest_bytes(model: nn.Module, spec=None, precision: str = "fp32", config: RankConfig = RankConfig()) -> int:
-    """The smallest artifact C&C can reach for ``model`` (every factorisable conv at its minimum ranks)."""
+    """The smallest artifact C&C can reach for ``model`` (every factorisable conv at its minimum ranks; at int8
+    with a ``spec``, the layers int8 keeps float stay dense at 4 bytes a weight, as ``clean_and_compact`` leaves them)."""
     from .ranks import _State
 
-    total = estimate_bytes(model, precision)
+    float_layers = int8_float_layers(model, spec) if precision == "int8" and spec is not None else None
+    total = estimate_bytes(model, precision, float_layers)
     for name, conv in conv_layers(model):
-        if isinstance(conv, nn.Conv2d) and factorizable(conv):
+        if isinstance(conv, nn.Conv2d) and factorizable(conv) and name not in (float_layers or ()):
             k = min(conv.in_channels, conv.out_channels)
             layer = LayerSpectrum(name, conv.in_channels, conv.out_channels, conv.kernel_size, np.ones(k), np.ones(k))
             state = _State(layer, precision, config)

@@ -93,8 +93,10 @@ def conv_bytes(c_in: int, c_out: int, kernel: tuple[int, int], precision: str,
     return price(conv_counts(c_in, c_out, kernel, ranks), precision)
 
 
-def model_counts(model) -> dict:
-    """Counted items (see COST) of a whole model, including the file's fixed part."""
+def model_counts(model, float_layers=None) -> dict:
+    """Counted items (see COST) of a whole model, including the file's fixed part. ``float_layers``: names of the
+    layers the int8 artifact keeps float (``export.int8_float_layers``), counted as ``head_weight``; None: the
+    last Linear."""
     from torch import nn
 
     from .factorize import FactorizedConv
@@ -106,7 +108,8 @@ def model_counts(model) -> dict:
             total[k] += v
 
     # the classifier head (last Linear) stays float in the int8 artifact (export.Int8Config.keep_fp32)
-    head = next((m for m in reversed(list(model.modules())) if isinstance(m, nn.Linear)), None)
+    if float_layers is None:
+        float_layers = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)][-1:]
     inside: set[str] = set()
     for name, m in model.named_modules():
         if isinstance(m, FactorizedConv):
@@ -114,16 +117,20 @@ def model_counts(model) -> dict:
             kernel = m[1].kernel_size if len(m) == 3 else (1, 1)
             add(conv_counts(m[0].in_channels, m[-1].out_channels, kernel, m.ranks))
         elif isinstance(m, nn.Conv2d) and name not in inside:
-            add(conv_counts(m.in_channels // m.groups, m.out_channels, m.kernel_size))
+            counts = conv_counts(m.in_channels // m.groups, m.out_channels, m.kernel_size)
+            if name in float_layers:
+                counts["head_weight"] = counts.pop("weight")
+            add(counts)
         elif isinstance(m, nn.Linear):
-            kind = "head_weight" if m is head else "weight"
+            kind = "head_weight" if name in float_layers else "weight"
             add({kind: m.weight.numel(), "channel": m.out_features, "tensor": 1})
     return total
 
 
-def estimate_bytes(model, precision: str = "fp32") -> int:
-    """Estimated size of ``model`` exported to ONNX at ``precision`` (BatchNorm folded)."""
-    return int(round(price(model_counts(model), check_precision(precision))))
+def estimate_bytes(model, precision: str = "fp32", float_layers=None) -> int:
+    """Estimated size of ``model`` exported to ONNX at ``precision`` (BatchNorm folded; ``float_layers``: see
+    ``model_counts``)."""
+    return int(round(price(model_counts(model, float_layers), check_precision(precision))))
 
 
 # --------------------------------------------------------------------------- rank allocation

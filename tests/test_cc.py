@@ -138,3 +138,40 @@ def test_distillation_matches_features_only_behind_an_unpatched_teacher():
     assert distil_config(cfg, teacher_patched=True).feature_weight == 0
     assert distil_config(cfg, teacher_patched=True).seed == 3
     assert distil_config(replace(cfg, features_with_patch=True), teacher_patched=True).feature_weight > 0
+
+
+class _SmoothConvHeadNet(nn.Module):
+    """A SiLU stem and a 1x1 conv classifier averaged in forward(): both stay float in an int8 artifact."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 64, 3, padding=1)
+        self.body = nn.Conv2d(64, 64, 3, padding=1)
+        self.head = nn.Conv2d(64, 10, 1)
+
+    def forward(self, x):
+        x = torch.relu(self.body(nn.functional.silu(self.stem(x))))
+        return self.head(x).mean((2, 3))
+
+
+def test_int8_keeps_the_layers_int8_leaves_float_dense_and_prices_them(tmp_path):
+    from edgeclean.export import ExportConfig, export
+
+    torch.manual_seed(0)
+    model = _SmoothConvHeadNet().eval()
+    spec = ModelSpec(arch="x", num_classes=10, input_shape=(3, 12, 12), mean=(0.5,) * 3, std=(0.5,) * 3)
+    budget = estimate_bytes(model, "int8") // 2
+    cfg = CCConfig(do_finetune=False, ranks=RankConfig(proxy="energy"))
+    cleaned, report = clean_and_compact(model, spec, budget_bytes=budget, precision="int8", config=cfg)
+    kept = [l["name"] for l in report.layers if "kept float" in (l["dense_reason"] or "")]
+    assert sorted(kept) == ["head", "stem"]
+    assert list(report.spec["factorized"]) == ["body"]
+    assert report.estimated_bytes_after <= budget
+    calib = torch.rand(16, 3, 12, 12).numpy()
+    info = export(cleaned, spec, tmp_path / "m.onnx", "int8", calib=calib,
+                  config=ExportConfig(int8_min_agreement=0.0, write_ort=False))
+    assert info["int8_bytes"] <= budget
+    assert abs(report.estimated_bytes_after - info["int8_bytes"]) < 0.05 * info["int8_bytes"]  # 4 bytes a float weight
+    # the impossible-budget check prices them the same way: stem and head dense, 3 more bytes a weight
+    extra = 3 * (model.stem.weight.numel() + model.head.weight.numel())
+    assert smallest_bytes(model, spec, "int8") >= smallest_bytes(model, None, "int8") + extra
