@@ -135,7 +135,8 @@ def _weights_only_note(exp: dict) -> str:
     if not static:
         return ""
     return (f"; static int8 agreed with fp32 on only {', '.join(f'{v:.1%}' for v in static.values())}, so the artifact "
-            "has int8 weights and float activations (same size, no int8 kernels)")
+            "has int8 weights and float activations (same size, no int8 kernels; onnxruntime's session config "
+            "session.disable_quant_qdq=1 folds them to float at load, at fp32 speed)")
 
 
 def backdoor_gate(after, acted_on: bool) -> dict:
