@@ -860,7 +860,7 @@ def int8_float_layers(model: nn.Module, spec: ModelSpec, config: Int8Config | No
         graph = onnx.load(str(path)).graph
     exclude, _ = _quant_options(graph.node, {t.name: t for t in graph.initializer}, cfg, graph.output[0].name)
     kinds = {n.name: n.op_type for n in graph.node}
-    return [name.rpartition("/")[0] for name in exclude if kinds.get(name) in ("Conv", "Gemm", "MatMul")]
+    return [name.rpartition("/")[0] for name in exclude if kinds.get(name) in WEIGHT_OPS]
 
 
 def _quant_options(nodes, inits: dict, cfg: Int8Config, output: str | None = None) -> tuple[list[str], dict]:
@@ -900,8 +900,11 @@ def _quant_options(nodes, inits: dict, cfg: Int8Config, output: str | None = Non
     return exclude, extra
 
 
+WEIGHT_OPS = ("Conv", "Gemm", "MatMul")  # the ops whose weights the weights-only file stores as int8
+
+
 def _quantize_weights_only(model_proto, node_names) -> list[str]:
-    """Replace the float weight of each named Conv / Gemm with int8 (symmetric, per output channel) and a
+    """Replace the float weight of each named Conv / Gemm / MatMul with int8 (symmetric, per output channel) and a
     DequantizeLinear in front of the node. Returns the nodes changed."""
     from onnx import helper, numpy_helper
 
@@ -909,9 +912,11 @@ def _quantize_weights_only(model_proto, node_names) -> list[str]:
     inits = {t.name: t for t in g.initializer}
     done, new_nodes = [], []
     for n in g.node:
-        if n.name in node_names and n.op_type in ("Conv", "Gemm") and len(n.input) > 1 and n.input[1] in inits:
+        if n.name in node_names and n.op_type in WEIGHT_OPS and len(n.input) > 1 and n.input[1] in inits:
             w = numpy_helper.to_array(inits[n.input[1]]).astype(np.float32)
-            axis = 0 if n.op_type == "Conv" or next((a.i for a in n.attribute if a.name == "transB"), 0) else 1
+            # the output-channel axis: Conv (out, in, k, k); Gemm's B (in, out) unless transB; MatMul's B (.., in, out)
+            axis = (0 if n.op_type == "Conv" or next((a.i for a in n.attribute if a.name == "transB"), 0)
+                    else w.ndim - 1)
             reduce = tuple(i for i in range(w.ndim) if i != axis)
             scale = np.maximum(np.abs(w).max(axis=reduce), 1e-12) / 127.0
             shape = [1] * w.ndim
@@ -1015,14 +1020,14 @@ def quantize_int8(fp32_path: Path, out_path: Path, calib: np.ndarray, config: In
 
 
 def _quantize_int8_weights(fp32_path: Path, out_path: Path, cfg: Int8Config, facts: dict) -> dict:
-    """The file of ``Int8Config.activations == "float"``: every Conv / Gemm but the kinds ``cfg.keep_fp32``
+    """The file of ``Int8Config.activations == "float"``: every Conv / Gemm / MatMul but the kinds ``cfg.keep_fp32``
     keeps float gets int8 weights and runs in float; nothing else changes."""
     import onnx
 
     proto = onnx.load(str(fp32_path))
     g = proto.graph
     exclude, _ = _quant_options(g.node, {t.name: t for t in g.initializer}, cfg, g.output[0].name)
-    names = [n.name for n in g.node if n.op_type in ("Conv", "Gemm") and n.name not in exclude]
+    names = [n.name for n in g.node if n.op_type in WEIGHT_OPS and n.name not in exclude]
     facts.update(reduce_range=False, weights_only=_quantize_weights_only(proto, names))
     _finish_int8(proto, out_path, cfg)
     return facts

@@ -673,3 +673,37 @@ def test_int8_float_layers_name_what_int8_keeps_float_and_the_byte_model_prices_
                   config=ExportConfig(int8_min_agreement=0.0, write_ort=False))["int8_bytes"]
     # the float stem's weights cost 4 bytes each in the file, as the estimate now says
     assert abs(estimate_bytes(model, "int8", kept) - real) < abs(estimate_bytes(model, "int8") - real)
+
+
+class TokenMixNet(nn.Module):
+    """A Linear on (N, pixels, C) tokens exports as MatMul + Add, not Gemm."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 16, 3, padding=1)
+        self.mix = nn.Linear(16, 16)
+        self.fc = nn.Linear(16, 10)
+
+    def forward(self, x):
+        t = torch.relu(self.conv(x)).flatten(2).transpose(1, 2)
+        return self.fc(torch.relu(self.mix(t)).mean(1))
+
+
+def test_int8_weights_only_covers_matmul_weights(tmp_path):
+    from edgeclean.export import Int8Config, quantize_int8
+
+    torch.manual_seed(0)
+    spec = ModelSpec(arch="mix", input_shape=(3, 8, 8), mean=(0.5, 0.4, 0.3), std=(0.2, 0.25, 0.3))
+    export(TokenMixNet().eval(), spec, tmp_path / "m.onnx", config=ExportConfig(write_ort=False))
+    facts = quantize_int8(tmp_path / "m.onnx", tmp_path / "q.onnx", None, Int8Config(activations="float"))
+    g = onnx.load(str(tmp_path / "q.onnx")).graph
+    matmul = next(n for n in g.node if n.op_type == "MatMul")
+    assert matmul.name in facts["weights_only"]
+    dq = next(n for n in g.node if n.output[0] == matmul.input[1])
+    inits = {t.name: t for t in g.initializer}
+    w = numpy_helper.to_array(inits[dq.input[0]])
+    assert dq.op_type == "DequantizeLinear" and w.dtype == np.int8
+    assert numpy_helper.to_array(inits[dq.input[1]]).shape == (w.shape[-1],)  # one scale per output feature
+    x = np.random.default_rng(0).random((4, 3, 8, 8), dtype=np.float32)
+    ref = ort_run(tmp_path / "m.onnx", x)
+    assert np.abs(ort_run(tmp_path / "q.onnx", x) - ref).max() < 0.02 * np.abs(ref).max()
