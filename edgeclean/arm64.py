@@ -205,13 +205,14 @@ def bench_arm64(
     seed: int = 0,
     root: Path | None = None,
     tolerance: float = 1e-4,
+    session_config: dict | None = None,
 ) -> dict:
     """Benchmark on arm64; under emulation also compare outputs with the host on the same inputs."""
     from .bench import bench_host
 
     model_path = Path(model_path).resolve()
     if is_arm64_host():
-        info = bench_host(model_path, threads=threads, runs=runs, warmup=warmup, seed=seed)
+        info = bench_host(model_path, threads=threads, runs=runs, warmup=warmup, seed=seed, session_config=session_config)
         info["target"] = "arm64"
         return info
     root = Path(root or root_dir())
@@ -221,7 +222,7 @@ def bench_arm64(
     with tempfile.TemporaryDirectory(prefix="edgeclean-arm64-") as tmp:
         tmp = Path(tmp)
         host = bench_host(model_path, threads=threads, runs=max(1, min(runs, 20)), warmup=min(warmup, 3), seed=seed,
-                          outputs_path=tmp / "host_out.npz", profile=True)
+                          outputs_path=tmp / "host_out.npz", profile=True, session_config=session_config)
         import onnxruntime as ort
 
         sess = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
@@ -234,6 +235,8 @@ def bench_arm64(
                 "--inputs", str(tmp / "inputs.npz"), "--outputs", str(tmp / "arm_out.npz")]
         if threads:
             args += ["--threads", str(threads)]
+        for key, value in (session_config or {}).items():
+            args += ["--session-config", f"{key}={value}"]
         t0 = time.perf_counter()
         proc = _emulated_python(root, args)
         wall = time.perf_counter() - t0

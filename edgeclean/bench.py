@@ -78,10 +78,14 @@ def make_inputs(session, seed: int = 0, batch: int = 1) -> dict[str, np.ndarray]
     return feeds
 
 
-def session_options(threads: int | None, profile_prefix: str | None = None):
+def session_options(threads: int | None, profile_prefix: str | None = None, config: dict | None = None):
+    """``config``: onnxruntime session config entries (e.g. ``{"session.disable_quant_qdq": "1"}``, which folds a
+    weights-only int8 file's DequantizeLinear nodes into float weights at load)."""
     import onnxruntime as ort
 
     so = ort.SessionOptions()
+    for key, value in (config or {}).items():
+        so.add_session_config_entry(key, str(value))
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     if threads:
         so.intra_op_num_threads = int(threads)
@@ -93,14 +97,14 @@ def session_options(threads: int | None, profile_prefix: str | None = None):
     return so
 
 
-def ops_ran(model_path: str | Path, feeds: dict, threads: int | None = None) -> dict:
+def ops_ran(model_path: str | Path, feeds: dict, threads: int | None = None, config: dict | None = None) -> dict:
     """Which operators onnxruntime actually executed (after its graph fusions), from its profiler."""
     import tempfile
 
     import onnxruntime as ort
 
     with tempfile.TemporaryDirectory() as tmp:
-        sess = ort.InferenceSession(str(model_path), session_options(threads, os.path.join(tmp, "prof")),
+        sess = ort.InferenceSession(str(model_path), session_options(threads, os.path.join(tmp, "prof"), config),
                                     providers=["CPUExecutionProvider"])
         sess.run(None, feeds)
         events = json.loads(Path(sess.end_profiling()).read_text())
@@ -137,8 +141,9 @@ def bench_host(
     inputs_path: str | Path | None = None,
     outputs_path: str | Path | None = None,
     profile: bool = True,
+    session_config: dict | None = None,
 ) -> dict:
-    """Time ``model_path`` with onnxruntime in this process.
+    """Time ``model_path`` with onnxruntime in this process (``session_config``: see ``session_options``).
 
     ``inputs_path`` (an .npz of feeds) replaces the seeded inputs and ``outputs_path`` receives the
     outputs of the first inference (.npz) — that is how the arm64 run is compared with the host run.
@@ -149,7 +154,8 @@ def bench_host(
     if runs < 1 or warmup < 0:
         raise ValueError("runs must be >= 1 and warmup >= 0")
     t0 = time.perf_counter()
-    sess = ort.InferenceSession(str(model_path), session_options(threads), providers=["CPUExecutionProvider"])
+    sess = ort.InferenceSession(str(model_path), session_options(threads, config=session_config),
+                                providers=["CPUExecutionProvider"])
     create_ms = (time.perf_counter() - t0) * 1e3
     if inputs_path is not None:
         with np.load(inputs_path) as npz:
@@ -181,6 +187,7 @@ def bench_host(
         "providers": sess.get_providers(),
         # 0 means onnxruntime's default: one thread per physical core.
         "threads": threads or so.intra_op_num_threads or "default",
+        "session_config": dict(session_config or {}),
         "inputs": {k: {"shape": list(v.shape), "dtype": str(v.dtype)} for k, v in feeds.items()},
         "session_create_ms": create_ms,
         "first_inference_ms": first_ms,
@@ -190,7 +197,7 @@ def bench_host(
         "cpu": cpu_info(),
     }
     if profile:
-        info["ops_ran"] = ops_ran(model_path, feeds, threads)
+        info["ops_ran"] = ops_ran(model_path, feeds, threads, session_config)
     info["peak_rss_mb"] = peak_rss_mb()
     return info
 
@@ -202,10 +209,12 @@ def bench(
     runs: int | None = None,
     warmup: int | None = None,
     seed: int = 0,
+    session_config: dict | None = None,
 ) -> dict:
     """Benchmark an ONNX file on ``target``: "host" (this machine) or "arm64" (native or emulated).
 
-    Default runs / warm-up: 100 / 10, or 20 / 3 under emulation (qemu is ~100x slower).
+    Default runs / warm-up: 100 / 10, or 20 / 3 under emulation (qemu is ~100x slower). ``session_config``:
+    onnxruntime session config entries, for every session timed.
     """
     from .errors import UserError
 
@@ -223,16 +232,29 @@ def bench(
         raise UserError(f"{what} model file: {path}; give the path to a readable .onnx or .ort file")
     if target == "host":
         _check_loadable(path)
-        return bench_host(path, threads=threads, runs=runs, warmup=warmup, seed=seed)
+        return bench_host(path, threads=threads, runs=runs, warmup=warmup, seed=seed, session_config=session_config)
     if target == "arm64":
         from .arm64 import bench_arm64
 
         _check_loadable(path)
-        return bench_arm64(path, threads=threads, runs=runs, warmup=warmup, seed=seed)
+        return bench_arm64(path, threads=threads, runs=runs, warmup=warmup, seed=seed, session_config=session_config)
     raise UserError(f"unknown target {target!r}; use host or arm64")
 
 
 benchmark = bench  # the package-level name (``edgeclean.bench`` is this module)
+
+
+def parse_session_config(items) -> dict[str, str]:
+    """["session.disable_quant_qdq=1", ...] -> {"session.disable_quant_qdq": "1", ...}."""
+    from .errors import UserError
+
+    config = {}
+    for item in items or ():
+        key, sep, value = str(item).partition("=")
+        if not sep or not key.strip():
+            raise UserError(f"--session-config {item!r} is not KEY=VALUE; e.g. session.disable_quant_qdq=1")
+        config[key.strip()] = value.strip()
+    return config
 
 
 def _check_loadable(path: Path) -> None:
@@ -261,9 +283,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--inputs", default=None, help=".npz of feeds to use instead of seeded inputs")
     ap.add_argument("--outputs", default=None, help="write the first inference's outputs to this .npz")
     ap.add_argument("--no-profile", action="store_true")
+    ap.add_argument("--session-config", action="append", default=[], metavar="KEY=VALUE")
     args = ap.parse_args(argv)
     info = bench_host(args.model, args.threads, args.runs, args.warmup, args.seed, args.inputs, args.outputs,
-                      profile=not args.no_profile)
+                      profile=not args.no_profile, session_config=parse_session_config(args.session_config))
     print(json.dumps(info))
     return 0
 

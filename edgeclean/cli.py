@@ -336,10 +336,15 @@ def export_cmd(model, arch, input_shape, mean, std, out, precision, calib, int8_
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON only.")
 @click.option("--setup", is_flag=True, help="Build the cached arm64 emulation root first (once, ~2 minutes).")
 @click.option("--force", is_flag=True, help="With --setup: rebuild the arm64 root.")
+@click.option("--session-config", multiple=True, metavar="KEY=VALUE",
+              help="onnxruntime session config entry, repeatable; e.g. session.disable_quant_qdq=1 runs a weights-only "
+                   "int8 file at fp32 speed.")
 @handle_errors
-def bench_cmd(model, target, threads, runs, warmup, as_json, setup, force):
+def bench_cmd(model, target, threads, runs, warmup, as_json, setup, force, session_config):
     """Measure MODEL.onnx with onnxruntime: session time, first run, p50/p90/p99 latency, peak RSS."""
-    from .bench import bench
+    from .bench import bench, parse_session_config
+
+    config = parse_session_config(session_config)
 
     if setup:
         from . import arm64
@@ -350,7 +355,7 @@ def bench_cmd(model, target, threads, runs, warmup, as_json, setup, force):
             return
     if model is None:
         raise UserError("give MODEL.onnx to benchmark (or only --setup to build the arm64 root)")
-    info = bench(model, target=target, threads=threads, runs=runs, warmup=warmup)
+    info = bench(model, target=target, threads=threads, runs=runs, warmup=warmup, session_config=config)
     compare = info.get("host_compare")
     if as_json:
         click.echo(json.dumps(info, indent=2))

@@ -92,7 +92,7 @@ def test_bench_cli_human_and_errors(tmp_path):
     assert r.returncode == 0 and "p50" in r.stdout and "peak RSS" in r.stdout
     (tmp_path / "bad.onnx").write_bytes(b"not a model")
     for args, needle in (((tmp_path / "missing.onnx",), "no such model"), ((tmp_path / "bad.onnx",), "cannot load"),
-                         ((model, "--runs", "0"), "runs")):
+                         ((model, "--runs", "0"), "runs"), ((model, "--session-config", "novalue"), "KEY=VALUE")):
         r = run_cli("bench", *args)
         assert r.returncode == 2 and "Traceback" not in r.stderr and needle in r.stderr, r.stderr
 
@@ -134,3 +134,27 @@ def test_dockerfile_is_hadolint_clean():
     root = Path(__file__).resolve().parents[1]
     r = subprocess.run([exe, str(root / "Dockerfile")], capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_session_config_reaches_onnxruntime(tmp_path):
+    """A weights-only int8 conv (an int8 initializer behind a DequantizeLinear): onnxruntime dequantises it at every
+    run by default, and folds it into a float weight at load with session.disable_quant_qdq=1."""
+    path = small_cnn(tmp_path / "m.onnx")
+    model = onnx.load(str(path))
+    g = model.graph
+    w = next(t for t in g.initializer if t.name == "conv.weight")
+    arr = numpy_helper.to_array(w)
+    scale = np.abs(arr).max(axis=(1, 2, 3)) / 127
+    q = np.round(arr / scale[:, None, None, None]).astype(np.int8)
+    g.initializer.remove(w)
+    g.initializer.extend([numpy_helper.from_array(q, "conv.wq"), numpy_helper.from_array(scale.astype(np.float32), "conv.ws")])
+    g.node.insert(0, helper.make_node("DequantizeLinear", ["conv.wq", "conv.ws"], ["conv.weight"], axis=0))
+    onnx.save(model, str(tmp_path / "wo.onnx"))
+    plain = json.loads(run_cli("bench", tmp_path / "wo.onnx", "--runs", "3", "--warmup", "0", "--json").stdout)
+    r = run_cli("bench", tmp_path / "wo.onnx", "--runs", "3", "--warmup", "0", "--json",
+                "--session-config", "session.disable_quant_qdq=1")
+    assert r.returncode == 0, r.stderr
+    folded = json.loads(r.stdout)
+    assert plain["session_config"] == {} and folded["session_config"] == {"session.disable_quant_qdq": "1"}
+    assert "DequantizeLinear" in plain["ops_ran"]["op_counts"]
+    assert "DequantizeLinear" not in folded["ops_ran"]["op_counts"]
