@@ -664,6 +664,8 @@ def test_int8_float_layers_name_what_int8_keeps_float_and_the_byte_model_prices_
     spec = ModelSpec(arch="x", input_shape=(3, 8, 8), mean=(0.5, 0.4, 0.3), std=(0.2, 0.25, 0.3))
     torch.manual_seed(0)
     assert int8_float_layers(randomize_bn(ConvHeadNet()), spec) == ["head"]
+    training = ThreeConvNet().train()
+    assert int8_float_layers(training, spec) == ["fc"] and training.training  # the caller's mode is left alone
     assert int8_float_layers(randomize_bn(ThreeConvNet()), spec) == ["fc"]
     model = randomize_bn(SiLUStemNet())
     kept = int8_float_layers(model, spec)
