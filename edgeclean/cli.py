@@ -36,6 +36,13 @@ def handle_errors(fn):
     return wrapper
 
 
+# export.with_int8_activations' modes, shared by `export` and `run`
+int8_activations_option = click.option(
+    "--int8-activations", type=click.Choice(["auto", "int8", "float"]), default="auto", show_default=True,
+    help="int8 only: auto = static int8, or int8 weights with float activations where static int8 fails the agreement "
+         "gate; int8 = static int8 or nothing (runtimes needing int8 kernels); float = int8 weights only.")
+
+
 def model_options(fn):
     """The loading options every command that reads a checkpoint shares."""
     opts = [
@@ -274,9 +281,7 @@ def _read_images(path: str):
 @click.option("--precision", type=click.Choice(["fp32", "int8"]), default="fp32", show_default=True)
 @click.option("--calib", default=None, type=click.Path(dir_okay=False),
               help="int8 calibration images (.npy/.npz, N x C x H x W in [0,1]); default: synthetic images, no data.")
-@click.option("--int8-activations", type=click.Choice(["auto", "int8", "float"]), default="auto", show_default=True,
-              help="int8 only: auto = static int8, or int8 weights with float activations where static int8 fails "
-                   "the agreement gate; int8 = static int8 or nothing (runtimes needing int8 kernels); float = int8 weights only.")
+@int8_activations_option
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON only.")
 @handle_errors
 def export_cmd(model, arch, input_shape, mean, std, out, precision, calib, int8_activations, as_json):
@@ -399,9 +404,7 @@ def bench_cmd(model, target, threads, runs, warmup, as_json, setup, force, sessi
 @click.option("--backdoor-target", type=int, default=None, metavar="CLASS",
               help="Class you suspect the backdoor targets: cleaning acts on it whatever the scan says "
                    "(a wrong class can cost much accuracy on a model that is easy to push).")
-@click.option("--int8-activations", type=click.Choice(["auto", "int8", "float"]), default="auto", show_default=True,
-              help="int8 only: auto = static int8, or int8 weights with float activations where static int8 fails "
-                   "the agreement gate; int8 = static int8 or nothing (runtimes needing int8 kernels); float = int8 weights only.")
+@int8_activations_option
 @click.option("--quiet", is_flag=True, help="No progress output; only the final line.")
 @handle_errors
 def run_cmd(model, arch, input_shape, mean, std, target, budget, precision, method, clean_data, ngf_layer,
