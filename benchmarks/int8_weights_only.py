@@ -9,9 +9,9 @@ are the ones ``run`` uses: calibration on the scan's 128 synthetic images of the
 more (seed 2). Per pair: the static int8 file alone (top-1 agreement with fp32 on the gate's images, on the
 calibration images and on real test images when the card names a dataset whose images fit the model), then what
 ``export`` writes for ``run`` from the same images, its size and its agreement on the same sets; and the median
-latency (1 image, 1 thread, 300 runs) of the fp32, static int8 and written files with onnxruntime's default
-session options, and of the written file with ``session.disable_quant_qdq=1`` (which lets onnxruntime fold a
-weights-only file's DequantizeLinear nodes into float weights when it loads it).
+latency (``edgeclean bench``'s: 1 seeded image, 1 thread, 300 runs after 20) of the fp32, static int8 and written
+files with onnxruntime's default session options, and of the written file with ``session.disable_quant_qdq=1``
+(which lets onnxruntime fold a weights-only file's DequantizeLinear nodes into float weights when it loads it).
 """
 from __future__ import annotations
 
@@ -29,6 +29,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from tables import write_cell  # noqa: E402
+from edgeclean.bench import bench_host  # noqa: E402
 from edgeclean.data import load_dataset  # noqa: E402
 from edgeclean.errors import GateFailed  # noqa: E402
 from edgeclean.export import ExportConfig, calibration_images, export, quantize_int8, run_onnx  # noqa: E402
@@ -43,23 +44,10 @@ def agreement(ref: np.ndarray, out: np.ndarray) -> dict:
     return {"agreement": round(same / len(ref), 4), "ci95_hi": round(wilson_interval(same, len(ref))[1], 4)}
 
 
-def median_ms(path: Path, x: np.ndarray, config: dict | None = None, runs: int = 300) -> float:
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.intra_op_num_threads, so.log_severity_level = 1, 3
-    for k, v in (config or {}).items():
-        so.add_session_config_entry(k, v)
-    sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-    feed = {sess.get_inputs()[0].name: x[:1]}
-    for _ in range(20):
-        sess.run(None, feed)
-    times = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        sess.run(None, feed)
-        times.append(time.perf_counter() - t0)
-    return round(float(np.median(times)) * 1e3, 3)
+def median_ms(path: Path, session_config: dict | None = None) -> float:
+    """p50 latency of one seeded image, 1 thread, 300 runs after 20 (``edgeclean bench``'s own measurement)."""
+    return round(bench_host(path, threads=1, runs=300, warmup=20, profile=False,
+                            session_config=session_config)["latency_ms"]["p50"], 3)
 
 
 def measure(suspect_path: str, run_dir: str, n_real: int) -> dict:
@@ -95,8 +83,8 @@ def measure(suspect_path: str, run_dir: str, n_real: int) -> dict:
                               "int8_over_fp32": round(info["int8_size_ratio"], 4),
                               **{k: agreement(ref[k], run_onnx(art, x)) for k, x in sets.items()}}
             row["latency_ms_1_thread"] = {
-                "fp32": median_ms(fp32, gate), "static_int8": median_ms(static, gate), "written": median_ms(art, gate),
-                "written_disable_quant_qdq": median_ms(art, gate, {"session.disable_quant_qdq": "1"})}
+                "fp32": median_ms(fp32), "static_int8": median_ms(static), "written": median_ms(art),
+                "written_disable_quant_qdq": median_ms(art, {"session.disable_quant_qdq": "1"})}
         except GateFailed as exc:
             row["written"] = {"gate_failed": str(exc)}
     budget = json.loads((Path(run_dir) / "report.json").read_text()).get("budget_bytes") \
