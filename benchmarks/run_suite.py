@@ -35,13 +35,22 @@ def one(path: Path, args, out_root: Path) -> dict:
     budget = int(original * args.fraction)
     t0 = time.perf_counter()
     out = out_root / path.stem
-    report, _ = run(path, RunConfig(budget=budget, precision=args.precision, out_dir=out))  # gates: in the report
+    extra = {}
+    if args.suspected_fraction is not None:
+        from dataclasses import replace
+
+        from edgeclean.cc import CCConfig
+
+        cc = CCConfig()
+        extra["cc"] = replace(cc, ranks=replace(cc.ranks, suspected_fraction=args.suspected_fraction or None))
+    report, _ = run(path, RunConfig(budget=budget, precision=args.precision, out_dir=out, extra=extra))  # gates: in the report
     row = {"model": path.stem, "attack": card.get("attack"), "target": card.get("target"),
            "original_fp32_bytes": original, "budget_bytes": budget, "bytes": report["size_bytes"],
            "precision": report["precision"], "gates": {k: v["passed"] for k, v in report["gates"].items()},
            "gate_details": {k: v["detail"] for k, v in report["gates"].items()},
            "scan_before": round(report["scan_before"]["score"], 3), "scan_after": round(report["scan_after"]["score"], 3),
-           "stages_s": report["stages"], "wall_s": round(time.perf_counter() - t0, 1)}
+           "stages_s": report["stages"], "rank_policy": report.get("cc", {}).get("rank_policy"),
+           "wall_s": round(time.perf_counter() - t0, 1)}
     if report.get("int8"):
         row["int8"] = report["int8"]
     if report.get("artifact"):
@@ -59,6 +68,8 @@ def main() -> int:
     ap.add_argument("suspects", nargs="+")
     ap.add_argument("--fraction", type=float, default=1 / 8, help="budget as a share of the original fp32 ONNX file")
     ap.add_argument("--precision", default="int8", choices=["auto", "fp32", "int8"])
+    ap.add_argument("--suspected-fraction", type=float, default=None,
+                    help="RankConfig.suspected_fraction for this run (0: none); default: the package's")
     ap.add_argument("--keep", default=None, help="keep each run's output folder under this folder")
     ap.add_argument("--out", help="write the rows as JSON here")
     args = ap.parse_args()

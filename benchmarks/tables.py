@@ -281,20 +281,25 @@ def run_config(method: str, seed: int, clean_data: str | None = None, **extra):
     return RunConfig(method=method, clean_data=clean_data, seed=seed, extra=extra)
 
 
-def clean_with(s: Suspect, method: str, budget: int | None, precision: str = "fp32", scan=None):
-    """(cleaned model, method report, seconds): Table 1 method keys through ``pipeline._clean``."""
+def clean_with(s: Suspect, method: str, budget: int | None, precision: str = "fp32", scan=None, capped: bool = True):
+    """(cleaned model, method report, seconds): Table 1 method keys through ``pipeline._clean``.
+
+    ``capped=False``: the budget alone sets C&C's ranks, also where a backdoor is suspected
+    (``RankConfig.suspected_fraction`` off; at Table 1's 1/8 of the fp32 size the cap does not bind)."""
     from edgeclean.cc import CCConfig
     from edgeclean.clp import CLPConfig
     from edgeclean.pipeline import Stages, _clean
 
     cc = CCConfig(seed=s.seed)
+    if not capped:
+        cc = replace(cc, ranks=replace(cc.ranks, suspected_fraction=None))
     rc = {
         "none": lambda: run_config("none", s.seed),
         "rs-alone": lambda: run_config("cc", s.seed, cc=replace(cc, do_finetune=False)),
-        # no budget and a dense fraction of 0: every conv gets its scaled weight back at full rank,
+        # no budget, no cap and a dense fraction of 0: every conv gets its scaled weight back at full rank,
         # which separates what scaling removes from what rank pruning costs
-        "rs-dense": lambda: run_config("cc", s.seed, cc=replace(cc, do_finetune=False,
-                                                                 ranks=replace(cc.ranks, dense_fraction=0.0))),
+        "rs-dense": lambda: run_config("cc", s.seed, cc=replace(cc, do_finetune=False, ranks=replace(
+            cc.ranks, dense_fraction=0.0, suspected_fraction=None))),
         "ft-alone": lambda: run_config("cc", s.seed, cc=replace(cc, do_scale=False)),
         "cc": lambda: run_config("cc", s.seed, cc=cc),
         "ngf-1pct": lambda: run_config("ngf", s.seed, CLEAN_DATA),
@@ -416,7 +421,8 @@ def table2_cell(s: Suspect, method: str, ratio: int | None) -> dict:
         row, sec = measure(s, s.model, out, "int8", **calib), 0.0
     elif method in ("cc-fp32", "cc-int8"):
         precision = method[3:]
-        model, info, sec = clean_with(s, "cc", budget, precision, scan)
+        # equal bytes: the ranks each budget buys, without the cap `run` puts on them where a backdoor is suspected
+        model, info, sec = clean_with(s, "cc", budget, precision, scan, capped=False)
         row = measure(s, model, out, precision, **calib)
         row["details"] = _brief(info)
     else:  # prune, prune+ft
@@ -639,7 +645,9 @@ def render_table2() -> list[str]:
              "are noisy and the 2-thread figure competes with other jobs. Speed-up and MAC reduction are against the fp32",
              "original. int8-only has one artifact (the original's weights), listed under every budget it must meet.",
              "torch-pruning: `MetaPruner`, L1 magnitude importance, global, classifier head kept, pruning ratio bisected",
-             "to the byte budget; \"+ FT\" adds C&C's synthetic fine-tuning (same images, config, steps).", "",
+             "to the byte budget; \"+ FT\" adds C&C's synthetic fine-tuning (same images, config, steps).",
+             "C&C rows: the ranks each budget buys. `run` caps them at 1/8 of the convs' bytes where a backdoor is",
+             "suspected (`RankConfig.suspected_fraction`, CC_NOTES 27), so its int8 files at these budgets are smaller.", "",
              "| suspect | budget | method | fits | CA | ASR | bytes | MACs | p50 1t (ms) | p50 2t (ms) | speed-up 1t / 2t | MAC reduction |",
              "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for s in ordered(T2_SUSPECTS, cells):

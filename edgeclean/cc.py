@@ -32,8 +32,8 @@ from .export import int8_float_layers
 from .factorize import conv_layers, factorizable, factorize_conv, reconstruct, scale, truncate, tucker2
 from .finetune import FinetuneConfig, finetune, use_bf16
 from .ranks import (
-    LayerSpectrum, RankConfig, allocate_ranks, check_precision, conv_bytes, energy_ranks, estimate_bytes, interpolate,
-    monotone, probe_ranks, rank_grids,
+    LayerSpectrum, RankConfig, allocate_ranks, capped_budget, check_precision, conv_bytes, energy_ranks, estimate_bytes,
+    interpolate, monotone, probe_ranks, rank_grids,
 )
 from .scaling import ScaleConfig, scale_mode
 from .unlearn import PatchConfig, patch_head, success_rate
@@ -68,7 +68,8 @@ class CCReport:
     spec: dict  # ModelSpec.to_dict() of the cleaned model (with its factorized ranks)
     budget_bytes: int | None
     precision: str
-    rank_policy: str  # "budget" or "default energy share"
+    rank_policy: str  # "budget", "default energy share", or either capped
+    rank_cap_bytes: int | None  # where a suspected backdoor capped what the budget buys (RankConfig.suspected_fraction)
     estimated_bytes_before: int
     estimated_bytes_after: int
     layers: list[dict]
@@ -82,7 +83,7 @@ class CCReport:
     def to_dict(self) -> dict:
         d = asdict(self)
         d["tau_scale"] = self.config.get("scale", {}).get("tau") if self.config.get("do_scale") else None
-        d["cc"] = {k: d[k] for k in ("rank_policy", "budget_bytes", "precision", "estimated_bytes_before",
+        d["cc"] = {k: d[k] for k in ("rank_policy", "rank_cap_bytes", "budget_bytes", "precision", "estimated_bytes_before",
                                       "estimated_bytes_after", "timings", "data", "patch")}
         d["cc"]["scaling"] = self.config.get("scale") if self.config.get("do_scale") else "off"
         d["cc"]["factorized_layers"] = sum(1 for l in self.layers if l["ranks"])
@@ -156,11 +157,16 @@ def clean_and_compact(model: nn.Module, spec, budget_bytes: int | None = None, p
     # so, and left dense (a conv classifier and a SiLU stem put ColorNet's int8 files 7% over, CC_NOTES 26 (b))
     float_layers = int8_float_layers(model, spec) if precision == "int8" else None
     before = estimate_bytes(model, precision, float_layers)
+    target = getattr(scan_result, "target_class", None) if getattr(scan_result, "suspected", False) else None
+    # cleaning against a suspected target: ranks no larger than the cap (RankConfig.suspected_fraction), with or
+    # without a budget (without one, a dense vgg11_sig kept 12.3 % ASR, CC_NOTES 27)
+    cap_fraction = config.ranks.suspected_fraction if target is not None and config.patch is not None else None
+    allocating = budget_bytes is not None or cap_fraction is not None
 
     # 5. synthetic data: distillation needs it, the "output" rank proxy measures on it
     images = adv_images = adv_index = None
     data_info = {}
-    if config.do_finetune or (budget_bytes is not None and config.ranks.proxy == "output"):
+    if config.do_finetune or (allocating and config.ranks.proxy == "output"):
         t0 = time.perf_counter()
         n = config.n_synthetic if config.do_finetune else config.ranks.probe_images
         images, adv_images, adv_index, data_info = synthetic_data(teacher, spec, n, config, scan_result)
@@ -169,7 +175,6 @@ def clean_and_compact(model: nn.Module, spec, budget_bytes: int | None = None, p
     # 6a. patch a copy of the suspect against the scan's suspected target (pruning or unlearning its
     # shortcut); it is the distillation teacher and the student is compressed from it
     patch_info = None
-    target = getattr(scan_result, "target_class", None) if getattr(scan_result, "suspected", False) else None
     if config.do_finetune and config.patch is not None and target is not None:
         t0 = time.perf_counter()
         teacher = copy.deepcopy(model).eval()
@@ -206,12 +211,19 @@ def clean_and_compact(model: nn.Module, spec, budget_bytes: int | None = None, p
     t0 = time.perf_counter()
     spectra = [l for l in layer_spectra(dict(convs), tuckers) if l.name not in (float_layers or ())]
     other = before - sum(conv_bytes(l.c_in, l.c_out, l.kernel, precision) for l in spectra)
-    if budget_bytes is not None and config.ranks.proxy == "output":
+    if allocating and config.ranks.proxy == "output":
         spectra = rank_sensitivity(input_model(student, spec), dict(convs), tuckers, spectra,
                                    images[: config.ranks.probe_images], config.ranks)
-    if budget_bytes is not None:
-        ranks = allocate_ranks(spectra, budget_bytes, other, precision, config.ranks)
-        policy = "budget"
+    cap = None
+    if allocating:
+        alloc_budget = capped_budget(spectra, budget_bytes, other, precision, config.ranks, cap_fraction)
+        ranks = allocate_ranks(spectra, alloc_budget, other, precision, config.ranks)
+        if budget_bytes is None or alloc_budget < budget_bytes:
+            cap = alloc_budget
+        policy = "budget" if cap is None else (
+            f"{'budget' if budget_bytes is not None else 'no budget given'}, capped at {cap:,} bytes since a backdoor "
+            f"is suspected (RankConfig.suspected_fraction: {cap_fraction:.1%} of the factorisable convs' bytes, or "
+            "the smallest reachable size)")
     else:
         ranks = energy_ranks(spectra, precision, config.ranks)
         policy = f"default energy share {config.ranks.default_energy:.0%} per mode (no budget given)"
@@ -230,8 +242,8 @@ def clean_and_compact(model: nn.Module, spec, budget_bytes: int | None = None, p
             with torch.no_grad():  # the scaled weight goes back into the dense conv
                 conv.weight.copy_(reconstruct(tuckers[name]).to(conv.weight.dtype))
             dense = conv_bytes(conv.in_channels, conv.out_channels, conv.kernel_size, precision)
-            reason = ("rank fraction above %.2f or no smaller than dense" % config.ranks.dense_fraction) if policy != "budget" \
-                else "budget met without factorising it (or factorised form not smaller)"
+            reason = ("budget or cap met without factorising it (or factorised form not smaller)" if allocating
+                      else "rank fraction above %.2f or no smaller than dense" % config.ranks.dense_fraction)
             if name in (float_layers or ()):
                 reason = "kept float in the int8 artifact, so not factorised"
                 dense = conv_bytes(conv.in_channels, conv.out_channels, conv.kernel_size, "fp32")
@@ -266,7 +278,7 @@ def clean_and_compact(model: nn.Module, spec, budget_bytes: int | None = None, p
     timings = {k: round(v, 2) for k, v in timings.items()}
     timings["total_s"] = round(sum(timings.values()), 2)
     report = CCReport(
-        spec=new_spec.to_dict(), budget_bytes=budget_bytes, precision=precision, rank_policy=policy,
+        spec=new_spec.to_dict(), budget_bytes=budget_bytes, precision=precision, rank_policy=policy, rank_cap_bytes=cap,
         estimated_bytes_before=before, estimated_bytes_after=estimate_bytes(student, precision, float_layers),
         layers=layers, timings=timings, finetune=ft_stats, data=data_info, patch=patch_info,
         spectra=report_spectra(raw_spectra, layers, config.scale) if config.do_scale else [],

@@ -435,6 +435,11 @@ def run_cmd(model, arch, input_shape, mean, std, target, budget, precision, meth
             click.echo(f"artifact {out / 'model.onnx'}: {report['size_bytes']:,} bytes {report['precision']} "
                        f"(was {report['original']['size_bytes']:,}); p50 {lat.get('p50', float('nan')):.2f} ms"
                        f"{' (emulated)' if lat.get('emulated') else ''} on {report['target']}")
+        cap = (report.get("cc") or {}).get("rank_cap_bytes")
+        if cap is not None:
+            allowed = f" (the budget allowed {report['budget_bytes']:,})" if report.get("budget_bytes") else ""
+            click.echo(f"ranks: capped at {cap:,} bytes{allowed} since a backdoor is suspected: larger ranks keep more "
+                       "of it (README, 'Ranks')")
         click.echo(f"report: {out / 'report.html'}")
     failed = [f"{k}: {v['detail']}" for k, v in report["gates"].items() if not v["passed"]]
     if failed:

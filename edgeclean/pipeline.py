@@ -188,7 +188,8 @@ def _compress(model, spec, config: RunConfig, budget_bytes, precision, scan_resu
 def _clean(model, spec, config: RunConfig, budget_bytes, precision, scan_result, stages: Stages) -> tuple[nn.Module, dict]:
     """Apply ``config.method``; return (cleaned model, method report with per-layer info).
 
-    cc / cc+ngf / none always factorise (to the budget, else to the default energy share);
+    cc / cc+ngf / none always factorise (to the budget, else to the default energy share; cc and cc+ngf cap the
+    ranks where a backdoor is suspected, ``RankConfig.suspected_fraction``);
     ngf and clp are cleaning-only methods and compress afterwards only when a budget is given.
     """
     method = config.method

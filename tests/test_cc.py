@@ -132,6 +132,28 @@ def test_feature_matching_pulls_the_students_bn_outputs_to_the_teachers():
     assert gaps[100.0] < gaps[0.0]
 
 
+def test_a_suspected_backdoor_caps_the_ranks_a_large_budget_buys():
+    model, spec = _model()
+    budget = estimate_bytes(model, "int8") // 2
+    cfg = CCConfig(do_finetune=False, ranks=RankConfig(proxy="energy", suspected_fraction=0.125))
+    suspected = _Scan(None, None)
+    suspected.suspected, suspected.target_class = True, 1
+    _, capped = clean_and_compact(model, spec, budget_bytes=budget, precision="int8", config=cfg, scan_result=suspected)
+    _, free = clean_and_compact(model, spec, budget_bytes=budget, precision="int8", config=cfg)  # nothing suspected
+    assert free.rank_policy == "budget" and capped.rank_policy.startswith("budget, capped at")
+    assert capped.estimated_bytes_after < free.estimated_bytes_after <= budget
+    assert free.rank_cap_bytes is None and capped.estimated_bytes_after <= capped.rank_cap_bytes < budget
+    assert capped.to_dict()["cc"]["rank_cap_bytes"] == capped.rank_cap_bytes
+    # no budget: a suspected backdoor gets the same cap (the default energy share would keep these convs dense)
+    _, unbudgeted = clean_and_compact(model, spec, precision="int8", config=cfg, scan_result=suspected)
+    assert unbudgeted.rank_policy.startswith("no budget given, capped at")
+    assert unbudgeted.rank_cap_bytes == capped.rank_cap_bytes and unbudgeted.spec["factorized"] == capped.spec["factorized"]
+    # compress only (no patch, as `run`'s baselines): the budget alone decides
+    _, baseline = clean_and_compact(model, spec, budget_bytes=budget, precision="int8", config=replace(cfg, patch=None),
+                                    scan_result=suspected)
+    assert baseline.rank_policy == "budget"
+
+
 def test_distillation_matches_features_only_behind_an_unpatched_teacher():
     cfg = CCConfig(seed=3)
     assert distil_config(cfg, teacher_patched=False).feature_weight == FinetuneConfig().feature_weight > 0

@@ -207,6 +207,9 @@ def test_backdoor_target_makes_cleaning_act_whatever_the_scan_says(tmp_path, tin
         assert reports[1]["scan_before"][key] == reports[None]["scan_before"][key], key
     patch = reports[1]["cc"]["patch"]
     assert patch is not None and {t["kind"] for t in patch["triggers"]} >= {"mask", "additive"}
+    # cleaning against a class caps what the 40 KB buys (RankConfig.suspected_fraction); nothing suspected: no cap
+    assert reports[None]["cc"]["rank_cap_bytes"] is None
+    assert reports[1]["cc"]["rank_cap_bytes"] < 40_000 and reports[1]["size_bytes"] < reports[None]["size_bytes"]
     from edgeclean.report import render_html
 
     assert "Cleaned against class 1 as asked" in render_html({**reports[1], "gates": {}})  # the report says why

@@ -6,8 +6,8 @@ from torch import nn
 from edgeclean.errors import UserError
 from edgeclean.factorize import factorize_conv, full_ranks, swap_modules, tucker2
 from edgeclean.ranks import (
-    LayerSpectrum, RankConfig, allocate_ranks, conv_bytes, energy_ranks, estimate_bytes, interpolate, layer_loss,
-    monotone, parse_budget, probe_ranks, rank_grids,
+    LayerSpectrum, RankConfig, allocate_ranks, capped_budget, conv_bytes, energy_ranks, estimate_bytes, interpolate,
+    layer_loss, monotone, parse_budget, probe_ranks, rank_grids, smallest_reachable,
 )
 from edgeclean.zoo import create_model
 
@@ -65,6 +65,29 @@ def test_allocation_meets_budget_with_rounded_ranks():
     assert ranks["conv1"] is None
     x = torch.rand(2, 1, 28, 28)
     assert fact(x).shape == (2, 10)
+
+
+def test_suspected_fraction_caps_a_large_budget_only():
+    torch.manual_seed(0)
+    model = create_model("resnet18", num_classes=10, in_channels=1, width=0.25)
+    layers = _spectra(model)
+    conv_int8 = sum(conv_bytes(l.c_in, l.c_out, l.kernel, "int8") for l in layers)
+    other = estimate_bytes(model, "int8") - conv_int8
+    big = other + conv_int8 // 2  # an int8 budget that buys half the conv weights
+    assert capped_budget(layers, big, other, "int8") == big
+    cap = capped_budget(layers, big, other, "int8", fraction=0.125)
+    assert cap == int(other + conv_int8 / 8) < big
+    assert capped_budget(layers, cap - 100, other, "int8", fraction=0.125) == cap - 100  # a tighter budget stands
+    assert capped_budget(layers, None, other, "int8", fraction=0.125) == cap  # no budget: the cap alone
+    assert capped_budget(layers, None, other, "int8") is None
+    # a cap below what the allocator can reach gives way to that size: the cap never makes a budget impossible
+    floor = capped_budget(layers, big, other, "int8", fraction=0.001)
+    assert floor == int(smallest_reachable(layers, other, "int8")) + 1
+    allocate_ranks(layers, floor, other, "int8")
+    # the allocation under the cap keeps about an eighth of the conv weights
+    kept = _apply(model, allocate_ranks(layers, cap, other, "int8"))
+    kept_conv = estimate_bytes(kept, "int8") - other
+    assert 0.1 * conv_int8 < kept_conv <= conv_int8 / 8
 
 
 def test_impossible_budget_states_smallest_size():
