@@ -1153,10 +1153,11 @@ def _export(model, spec, out, precision, calib, config, eval_inputs) -> dict:
         else:
             held_out = None
             if calib is None:
-                # Synthesise a quarter more than calibration needs: those are the held-out images
-                # the int8 gate is judged on.
+                # Synthesise the held-out images the int8 gate is judged on beside the calibration ones
+                # (none of those for int8 weights with float activations: nothing is calibrated).
                 n_eval = config.gate_samples
-                images, source = calibration_images(model, spec, config.calib_samples + n_eval, config.seed)
+                n_calib = 0 if config.int8.activations == "float" else config.calib_samples
+                images, source = calibration_images(model, spec, n_calib + n_eval, config.seed)
                 calib, held_out = images[:-n_eval], images[-n_eval:]
             else:
                 calib, source = _as_array(calib), "given"

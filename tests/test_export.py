@@ -638,6 +638,11 @@ def test_int8_falls_back_to_int8_weights_with_float_activations(tmp_path):
                    config=with_int8_activations(ExportConfig(int8_min_agreement=0.9), "float"))
     assert asked["int8_activations"] == "float" and asked["int8_static_agreement"] is None
     np.testing.assert_array_equal(ort_run(tmp_path / "f.onnx", x), ort_run(out, x))
+    # with no images given, only the gate's held-out images are synthesised: nothing is calibrated
+    bare = export(model, SPEC, tmp_path / "b.onnx", precision="int8", config=with_int8_activations(
+        ExportConfig(int8_min_agreement=0.0, gate_samples=8, write_ort=False), "float"))
+    assert bare["calibration"]["samples"] == 0 and bare["int8_agreement"]["synthetic_held_out"]["samples"] == 8
+    np.testing.assert_array_equal(ort_run(tmp_path / "b.onnx", x), ort_run(out, x))  # same weights, same file
 
 
 def test_int8_weights_only_keeps_the_float_ends_and_rejects_unknown_modes(tmp_path):
