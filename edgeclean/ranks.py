@@ -174,6 +174,11 @@ class RankConfig:
     # weights 8.7 / 6.3 %; at 1/8 (the share every suite suspect was cleaned at in fp32) 0.2 / 1.8 %. Over the 11
     # backdoored suspects it cost 3.2 pt of CA on average (1.4-6.0). None: the budget alone decides
     suspected_fraction: float | None = 0.125
+    # ... but only where that share sits at least this many times above the convs' smallest ranks (fp32 bytes; the
+    # suite's nets: 3.3-4.7). A net already near its smallest ranks at that share is not cut further: capped, every
+    # conv of ColorNet (1.6) fell to its smallest rank and its CA from 82 to 45-57 %, where its uncapped cleaning had
+    # left ASR at 0.0-0.6 % (CC_NOTES 27)
+    suspected_min_room: float = 2.0
 
 
 def _step(full: int, cfg: RankConfig) -> int:
@@ -320,11 +325,19 @@ def smallest_reachable(layers: list[LayerSpectrum], other_bytes: float, precisio
     return (other_bytes + sum(_State(l, precision, config).min_cost() for l in layers)) / (1.0 - config.margin)
 
 
+def cap_room(layers: list[LayerSpectrum], fraction: float, config: RankConfig = RankConfig()) -> float:
+    """How many times ``fraction`` of the layers' dense weights exceeds the weights at their smallest ranks."""
+    dense = sum(conv_bytes(l.c_in, l.c_out, l.kernel, "fp32") for l in layers)
+    smallest = sum(_State(l, "fp32", config).min_cost() for l in layers)
+    return fraction * dense / smallest if smallest else float("inf")
+
+
 def capped_budget(layers: list[LayerSpectrum], budget_bytes: int | None, other_bytes: float, precision: str,
                   config: RankConfig = RankConfig(), fraction: float | None = None) -> int | None:
     """``budget_bytes`` (None: no budget), or less where ``fraction`` of the layers' dense bytes plus ``other_bytes``
-    is less; never below the smallest reachable size, so a cap alone cannot make a budget impossible."""
-    if fraction is None:
+    is less. No cap where that share is within ``config.suspected_min_room`` of the smallest ranks (``cap_room``);
+    never below the smallest reachable size, so a cap alone cannot make a budget impossible."""
+    if fraction is None or cap_room(layers, fraction, config) < config.suspected_min_room:
         return budget_bytes
     cap = other_bytes + fraction * sum(conv_bytes(l.c_in, l.c_out, l.kernel, precision) for l in layers)
     cap = max(int(cap), int(smallest_reachable(layers, other_bytes, precision, config)) + 1)

@@ -135,9 +135,14 @@ def test_feature_matching_pulls_the_students_bn_outputs_to_the_teachers():
 def test_a_suspected_backdoor_caps_the_ranks_a_large_budget_buys():
     model, spec = _model()
     budget = estimate_bytes(model, "int8") // 2
-    cfg = CCConfig(do_finetune=False, ranks=RankConfig(proxy="energy", suspected_fraction=0.125))
     suspected = _Scan(None, None)
     suspected.suspected, suspected.target_class = True, 1
+    # this small net's 1/8 sits 1.6x above its smallest ranks, under the default room of 2: not capped
+    near_floor = CCConfig(do_finetune=False, ranks=RankConfig(proxy="energy"))
+    _, kept = clean_and_compact(model, spec, budget_bytes=budget, precision="int8", config=near_floor,
+                                scan_result=suspected)
+    assert kept.rank_policy == "budget" and kept.rank_cap_bytes is None
+    cfg = CCConfig(do_finetune=False, ranks=RankConfig(proxy="energy", suspected_fraction=0.125, suspected_min_room=1.0))
     _, capped = clean_and_compact(model, spec, budget_bytes=budget, precision="int8", config=cfg, scan_result=suspected)
     _, free = clean_and_compact(model, spec, budget_bytes=budget, precision="int8", config=cfg)  # nothing suspected
     assert free.rank_policy == "budget" and capped.rank_policy.startswith("budget, capped at")

@@ -196,10 +196,16 @@ def test_run_cli_exit_code_reflects_gates(tmp_path, tiny_wide, cli):
 def test_backdoor_target_makes_cleaning_act_whatever_the_scan_says(tmp_path, tiny_wide):
     """A random net is not suspected, so C&C leaves it unpatched; with --backdoor-target the patch
     reverse-engineers triggers for that class. The scan's own verdict is reported unchanged."""
+    from dataclasses import replace
+
+    from edgeclean.ranks import RankConfig
+
+    extra = _fast_extra()  # the tiny net's 1/8 is near its smallest ranks: allow the cap there (suspected_min_room)
+    extra["cc"] = replace(extra["cc"], ranks=RankConfig(suspected_min_room=1.0))
     reports = {}
     for target in (None, 1):
         cfg = RunConfig(method="cc", budget="40KB", precision="fp32", out_dir=tmp_path / f"bt{target}", bench_runs=2,
-                        bench_warmup=1, extra=_fast_extra(), backdoor_target=target)
+                        bench_warmup=1, extra=extra, backdoor_target=target)
         reports[target] = run(tiny_wide, cfg, {"input_shape": "1x16x16"})[0]
     assert not reports[None]["scan_before"]["suspected"] and reports[None]["cc"]["patch"] is None
     assert reports[1]["backdoor_target"] == 1

@@ -6,7 +6,7 @@ from torch import nn
 from edgeclean.errors import UserError
 from edgeclean.factorize import factorize_conv, full_ranks, swap_modules, tucker2
 from edgeclean.ranks import (
-    LayerSpectrum, RankConfig, allocate_ranks, capped_budget, conv_bytes, energy_ranks, estimate_bytes, interpolate,
+    LayerSpectrum, RankConfig, allocate_ranks, cap_room, capped_budget, conv_bytes, energy_ranks, estimate_bytes, interpolate,
     layer_loss, monotone, parse_budget, probe_ranks, rank_grids, smallest_reachable,
 )
 from edgeclean.zoo import create_model
@@ -80,8 +80,12 @@ def test_suspected_fraction_caps_a_large_budget_only():
     assert capped_budget(layers, cap - 100, other, "int8", fraction=0.125) == cap - 100  # a tighter budget stands
     assert capped_budget(layers, None, other, "int8", fraction=0.125) == cap  # no budget: the cap alone
     assert capped_budget(layers, None, other, "int8") is None
+    # where 1/8 sits too close to the smallest ranks, there is no cap
+    room = cap_room(layers, 0.125)
+    assert 3 < room < 4  # this ResNet-18's, as the suite's (3.36)
+    assert capped_budget(layers, big, other, "int8", RankConfig(suspected_min_room=room + 0.1), fraction=0.125) == big
     # a cap below what the allocator can reach gives way to that size: the cap never makes a budget impossible
-    floor = capped_budget(layers, big, other, "int8", fraction=0.001)
+    floor = capped_budget(layers, big, other, "int8", RankConfig(suspected_min_room=0.0), fraction=0.001)
     assert floor == int(smallest_reachable(layers, other, "int8")) + 1
     allocate_ranks(layers, floor, other, "int8")
     # the allocation under the cap keeps about an eighth of the conv weights
