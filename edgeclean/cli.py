@@ -445,7 +445,8 @@ def run_cmd(model, arch, input_shape, mean, std, target, budget, precision, meth
     if failed:
         raise GateFailed("; ".join(failed))
     if not as_json:
-        click.echo("passed: within budget, parity ok, no backdoor suspected after cleaning")
+        said = {"budget": "within budget", "parity": "parity ok", "backdoor": "no backdoor suspected after cleaning"}
+        click.echo("passed: " + ", ".join(said.get(k, k) for k in report["gates"]))
 
 
 if __name__ == "__main__":

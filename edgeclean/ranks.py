@@ -175,8 +175,8 @@ class RankConfig:
     # backdoored suspects it cost 3.2 pt of CA on average (1.4-6.0). None: the budget alone decides
     suspected_fraction: float | None = 0.125
     # ... but only where that share sits at least this many times above the convs' smallest ranks (fp32 bytes; the
-    # suite's nets: 3.3-4.7). A net already near its smallest ranks at that share is not cut further: capped, every
-    # conv of ColorNet (1.6) fell to its smallest rank and its CA from 82 to 45-57 %, where its uncapped cleaning had
+    # suite's nets: 3.4-4.8). A net already near its smallest ranks at that share is not cut further: capped, every
+    # conv of ColorNet (1.7) fell to its smallest rank and its CA from 82 to 45-57 %, where its uncapped cleaning had
     # left ASR at 0.0-0.6 % (CC_NOTES 27)
     suspected_min_room: float = 2.0
 

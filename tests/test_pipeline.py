@@ -191,6 +191,8 @@ def test_run_cli_exit_code_reflects_gates(tmp_path, tiny_wide, cli):
     assert result.returncode == (1 if failed else 0), result.stderr
     if failed:
         assert failed[0] in result.stderr.splitlines()[-1]
+    else:  # the gates that ran, no others (no budget gate without --budget)
+        assert result.stdout.splitlines()[-1] == "passed: parity ok, within budget, no backdoor suspected after cleaning"
 
 
 def test_backdoor_target_makes_cleaning_act_whatever_the_scan_says(tmp_path, tiny_wide):
