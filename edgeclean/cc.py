@@ -161,12 +161,12 @@ def clean_and_compact(model: nn.Module, spec, budget_bytes: int | None = None, p
     # cleaning against a suspected target: ranks no larger than the cap (RankConfig.suspected_fraction), with or
     # without a budget (without one, a dense vgg11_sig kept 12.3 % ASR, CC_NOTES 27)
     cap_fraction = config.ranks.suspected_fraction if target is not None and config.patch is not None else None
-    allocating = budget_bytes is not None or cap_fraction is not None
+    may_allocate = budget_bytes is not None or cap_fraction is not None  # (no budget: the cap may not apply, see 3.)
 
     # 5. synthetic data: distillation needs it, the "output" rank proxy measures on it
     images = adv_images = adv_index = None
     data_info = {}
-    if config.do_finetune or (allocating and config.ranks.proxy == "output"):
+    if config.do_finetune or (may_allocate and config.ranks.proxy == "output"):
         t0 = time.perf_counter()
         n = config.n_synthetic if config.do_finetune else config.ranks.probe_images
         images, adv_images, adv_index, data_info = synthetic_data(teacher, spec, n, config, scan_result)
@@ -211,12 +211,13 @@ def clean_and_compact(model: nn.Module, spec, budget_bytes: int | None = None, p
     t0 = time.perf_counter()
     spectra = [l for l in layer_spectra(dict(convs), tuckers) if l.name not in (float_layers or ())]
     other = before - sum(conv_bytes(l.c_in, l.c_out, l.kernel, precision) for l in spectra)
+    alloc_budget = capped_budget(spectra, budget_bytes, other, precision, config.ranks, cap_fraction)  # None: no budget
+    allocating = alloc_budget is not None
     if allocating and config.ranks.proxy == "output":
         spectra = rank_sensitivity(input_model(student, spec), dict(convs), tuckers, spectra,
                                    images[: config.ranks.probe_images], config.ranks)
     cap = None
     if allocating:
-        alloc_budget = capped_budget(spectra, budget_bytes, other, precision, config.ranks, cap_fraction)
         ranks = allocate_ranks(spectra, alloc_budget, other, precision, config.ranks)
         if budget_bytes is None or alloc_budget < budget_bytes:
             cap = alloc_budget

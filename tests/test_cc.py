@@ -142,6 +142,8 @@ def test_a_suspected_backdoor_caps_the_ranks_a_large_budget_buys():
     _, kept = clean_and_compact(model, spec, budget_bytes=budget, precision="int8", config=near_floor,
                                 scan_result=suspected)
     assert kept.rank_policy == "budget" and kept.rank_cap_bytes is None
+    _, unbudgeted_kept = clean_and_compact(model, spec, precision="int8", config=near_floor, scan_result=suspected)
+    assert unbudgeted_kept.rank_policy.startswith("default energy share") and unbudgeted_kept.rank_cap_bytes is None
     cfg = CCConfig(do_finetune=False, ranks=RankConfig(proxy="energy", suspected_fraction=0.125, suspected_min_room=1.0))
     _, capped = clean_and_compact(model, spec, budget_bytes=budget, precision="int8", config=cfg, scan_result=suspected)
     _, free = clean_and_compact(model, spec, budget_bytes=budget, precision="int8", config=cfg)  # nothing suspected
