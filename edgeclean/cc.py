@@ -32,8 +32,8 @@ from .export import int8_float_layers
 from .factorize import conv_layers, factorizable, factorize_conv, reconstruct, scale, truncate, tucker2
 from .finetune import FinetuneConfig, finetune, use_bf16
 from .ranks import (
-    LayerSpectrum, RankConfig, allocate_ranks, capped_budget, check_precision, conv_bytes, energy_ranks, estimate_bytes,
-    interpolate, monotone, probe_ranks, rank_grids,
+    LayerSpectrum, RankConfig, allocate_ranks, capped_budget, check_precision, cheapest_bytes, conv_bytes, dense_bytes,
+    energy_ranks, estimate_bytes, interpolate, monotone, probe_ranks, rank_grids,
 )
 from .scaling import ScaleConfig, scale_mode
 from .unlearn import PatchConfig, patch_head, success_rate
@@ -210,7 +210,7 @@ def clean_and_compact(model: nn.Module, spec, budget_bytes: int | None = None, p
     # 3. allocate ranks
     t0 = time.perf_counter()
     spectra = [l for l in layer_spectra(dict(convs), tuckers) if l.name not in (float_layers or ())]
-    other = before - sum(conv_bytes(l.c_in, l.c_out, l.kernel, precision) for l in spectra)
+    other = before - dense_bytes(spectra, precision)
     alloc_budget = capped_budget(spectra, budget_bytes, other, precision, config.ranks, cap_fraction)  # None: no budget
     allocating = alloc_budget is not None
     if allocating and config.ranks.proxy == "output":
@@ -388,16 +388,14 @@ def default_energy_bytes(model: nn.Module, precision: str = "fp32", config: Rank
 def smallest_bytes(model: nn.Module, spec=None, precision: str = "fp32", config: RankConfig = RankConfig()) -> int:
     """The smallest artifact C&C can reach for ``model`` (every factorisable conv at its minimum ranks; at int8
     with a ``spec``, the layers int8 keeps float stay dense at 4 bytes a weight, as ``clean_and_compact`` leaves them)."""
-    from .ranks import _State
-
     float_layers = int8_float_layers(model, spec) if precision == "int8" and spec is not None else None
+    layers = [LayerSpectrum(name, conv.in_channels, conv.out_channels, conv.kernel_size, np.ones(k), np.ones(k))
+              for name, conv in conv_layers(model)
+              if isinstance(conv, nn.Conv2d) and factorizable(conv) and name not in (float_layers or ())
+              for k in [min(conv.in_channels, conv.out_channels)]]
     total = estimate_bytes(model, precision, float_layers)
-    for name, conv in conv_layers(model):
-        if isinstance(conv, nn.Conv2d) and factorizable(conv) and name not in (float_layers or ()):
-            k = min(conv.in_channels, conv.out_channels)
-            layer = LayerSpectrum(name, conv.in_channels, conv.out_channels, conv.kernel_size, np.ones(k), np.ones(k))
-            state = _State(layer, precision, config)
-            total -= state.dense_cost - state.min_cost()
+    for layer in layers:  # one layer at a time, so the sum rounds as it always has
+        total -= dense_bytes([layer], precision) - cheapest_bytes([layer], precision, config)
     return int(total)
 
 

@@ -319,17 +319,26 @@ class _State:
         return min(costs)
 
 
+def dense_bytes(layers: list[LayerSpectrum], precision: str = "fp32") -> float:
+    """The layers' bytes as dense convs."""
+    return sum(conv_bytes(l.c_in, l.c_out, l.kernel, precision) for l in layers)
+
+
+def cheapest_bytes(layers: list[LayerSpectrum], precision: str = "fp32", config: RankConfig = RankConfig()) -> float:
+    """The layers' bytes each at its cheapest: its minimum ranks, or dense where that is not smaller."""
+    return sum(_State(l, precision, config).min_cost() for l in layers)
+
+
 def smallest_reachable(layers: list[LayerSpectrum], other_bytes: float, precision: str = "fp32",
                        config: RankConfig = RankConfig()) -> float:
     """The smallest artifact the allocator reaches: each layer at its cheapest, plus ``other_bytes`` and the margin."""
-    return (other_bytes + sum(_State(l, precision, config).min_cost() for l in layers)) / (1.0 - config.margin)
+    return (other_bytes + cheapest_bytes(layers, precision, config)) / (1.0 - config.margin)
 
 
 def cap_room(layers: list[LayerSpectrum], fraction: float, config: RankConfig = RankConfig()) -> float:
     """How many times ``fraction`` of the layers' dense weights exceeds the weights at their smallest ranks."""
-    dense = sum(conv_bytes(l.c_in, l.c_out, l.kernel, "fp32") for l in layers)
-    smallest = sum(_State(l, "fp32", config).min_cost() for l in layers)
-    return fraction * dense / smallest if smallest else float("inf")
+    smallest = cheapest_bytes(layers, "fp32", config)
+    return fraction * dense_bytes(layers) / smallest if smallest else float("inf")
 
 
 def capped_budget(layers: list[LayerSpectrum], budget_bytes: int | None, other_bytes: float, precision: str,
@@ -339,7 +348,7 @@ def capped_budget(layers: list[LayerSpectrum], budget_bytes: int | None, other_b
     never below the smallest reachable size, so a cap alone cannot make a budget impossible."""
     if fraction is None or cap_room(layers, fraction, config) < config.suspected_min_room:
         return budget_bytes
-    cap = other_bytes + fraction * sum(conv_bytes(l.c_in, l.c_out, l.kernel, precision) for l in layers)
+    cap = other_bytes + fraction * dense_bytes(layers, precision)
     cap = max(int(cap), int(smallest_reachable(layers, other_bytes, precision, config)) + 1)
     return cap if budget_bytes is None else min(budget_bytes, cap)
 
