@@ -36,20 +36,25 @@ def one(path: Path, args, out_root: Path) -> dict:
     t0 = time.perf_counter()
     out = out_root / path.stem
     extra = {}
-    if args.suspected_fraction is not None:
+    if args.suspected_fraction is not None or args.bf16 != "auto":
         from dataclasses import replace
 
         from edgeclean.cc import CCConfig
 
         cc = CCConfig()
-        extra["cc"] = replace(cc, ranks=replace(cc.ranks, suspected_fraction=args.suspected_fraction or None))
+        if args.suspected_fraction is not None:
+            cc = replace(cc, ranks=replace(cc.ranks, suspected_fraction=args.suspected_fraction or None))
+        if args.bf16 != "auto":  # every autocast switch of the C&C stage: synthesis, the patch, distillation
+            on = args.bf16 == "on"
+            cc = replace(cc, synth_bf16=on, finetune=replace(cc.finetune, bf16=on), patch=replace(cc.patch, bf16=on))
+        extra["cc"] = cc
     report, _ = run(path, RunConfig(budget=budget, precision=args.precision, out_dir=out, extra=extra))  # gates: in the report
     row = {"model": path.stem, "attack": card.get("attack"), "target": card.get("target"),
            "original_fp32_bytes": original, "budget_bytes": budget, "bytes": report["size_bytes"],
            "precision": report["precision"], "gates": {k: v["passed"] for k, v in report["gates"].items()},
            "gate_details": {k: v["detail"] for k, v in report["gates"].items()},
            "scan_before": round(report["scan_before"]["score"], 3), "scan_after": round(report["scan_after"]["score"], 3),
-           "stages_s": report["stages"], "rank_policy": report.get("cc", {}).get("rank_policy"),
+           "stages_s": report["stages"], "bf16": report.get("cc", {}).get("distillation", {}).get("bf16"), "rank_policy": report.get("cc", {}).get("rank_policy"),
            "wall_s": round(time.perf_counter() - t0, 1)}
     if report.get("int8"):
         row["int8"] = report["int8"]
@@ -70,6 +75,8 @@ def main() -> int:
     ap.add_argument("--precision", default="int8", choices=["auto", "fp32", "int8"])
     ap.add_argument("--suspected-fraction", type=float, default=None,
                     help="RankConfig.suspected_fraction for this run (0: none); default: the package's")
+    ap.add_argument("--bf16", default="auto", choices=["auto", "on", "off"],
+                    help="bf16 autocast in C&C; auto: where the CPU has native bf16 (the package's default)")
     ap.add_argument("--keep", default=None, help="keep each run's output folder under this folder")
     ap.add_argument("--out", help="write the rows as JSON here")
     args = ap.parse_args()
