@@ -88,7 +88,9 @@ from .probe import (
 from .synth import SynthConfig, synthesize
 
 # Calibrated by benchmarks/calibrate_scan.py on the harness suite (defaults, seeds 0-2): clean models
-# scored <= 0.57, dirty-label backdoors >= 4.50 (benchmarks/results/scan_calibration_seed*.json).
+# scored <= 0.57, dirty-label backdoors >= 4.50 (benchmarks/results/scan_calibration_seed*.json, n=128).
+# The suite retrained on another host (session 16): n=128 clean <= 3.09, backdoored >= 2.35 (one false
+# flag, one miss); n=256 clean <= 1.74, backdoored >= 2.79 (results/scan_calibration_s16_*.json).
 DEFAULT_THRESHOLD = 2.5
 # Mean-softmax ratio (most probable class over the runner-up) that counts as a skew towards one class.
 RATIO_THRESHOLD = 1.45
@@ -123,7 +125,10 @@ class UniversalConfig:
 
 @dataclass
 class ScanConfig:
-    n: int = 128  # synthetic images: the verdict's z-score grows with sqrt(n)
+    # synthetic images. 256, not 128: on the suite retrained on an AVX-512 host (session 16, 3 seeds each,
+    # results/scan_calibration_s16_*) 128 gave a false flag (clean VGG-11 3.09) and a miss (VGG-11 BadNets
+    # 2.35); 256 separated all three seeds (clean <= 1.74, backdoored >= 2.79) for ~3 s more on a small net
+    n: int = 256
     seed: int = 0  # seeds the synthesis (overrides synth.seed)
     # 30 synthesis iterations (ZeroQ uses 500): the verdict held on the suite at 30 on 3 seeds; at 20
     # it missed vgg11_badnets on seed 1 (results/scan_calibration_it20_seed*.json)
