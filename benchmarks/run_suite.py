@@ -36,7 +36,7 @@ def one(path: Path, args, out_root: Path) -> dict:
     t0 = time.perf_counter()
     out = out_root / path.stem
     extra = {}
-    if args.suspected_fraction is not None or args.bf16 != "auto":
+    if args.suspected_fraction is not None or args.bf16 != "auto" or args.patch_success_below is not None:
         from dataclasses import replace
 
         from edgeclean.cc import CCConfig
@@ -47,6 +47,8 @@ def one(path: Path, args, out_root: Path) -> dict:
         if args.bf16 != "auto":  # every autocast switch of the C&C stage: synthesis, the patch, distillation
             on = args.bf16 == "on"
             cc = replace(cc, synth_bf16=on, finetune=replace(cc.finetune, bf16=on), patch=replace(cc.patch, bf16=on))
+        if args.patch_success_below is not None:
+            cc = replace(cc, patch=replace(cc.patch, success_below=args.patch_success_below))
         extra["cc"] = cc
     report, _ = run(path, RunConfig(budget=budget, precision=args.precision, out_dir=out, extra=extra))  # gates: in the report
     row = {"model": path.stem, "attack": card.get("attack"), "target": card.get("target"),
@@ -77,6 +79,8 @@ def main() -> int:
                     help="RankConfig.suspected_fraction for this run (0: none); default: the package's")
     ap.add_argument("--bf16", default="auto", choices=["auto", "on", "off"],
                     help="bf16 autocast in C&C; auto: where the CPU has native bf16 (the package's default)")
+    ap.add_argument("--patch-success-below", type=float, default=None,
+                    help="PatchConfig.success_below for this run (the patch's stopping bound); default: the package's")
     ap.add_argument("--keep", default=None, help="keep each run's output folder under this folder")
     ap.add_argument("--out", help="write the rows as JSON here")
     args = ap.parse_args()

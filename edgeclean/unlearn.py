@@ -68,8 +68,11 @@ class PatchConfig:
     # CA 90.0 / 89.8 / 85.0 with ASR 7.6 / 5.0 / 12.5; 0.15 gave 86.4 / 88.7 / 81.5 with ASR 2.4 / 0.2 / 5.7
     # (distillation brings part of the backdoor back, so the teacher's bound must be below the ASR aimed at).
     # Session 5 (CC_NOTES 16, students at 1/8): 0.1 instead of 0.15 takes vgg11_blended from 82.0 / 9.5 to
-    # 81.7 / 0.4 and lowers ASR on every suspect measured, at -1.6..+0.5 pt of CA
-    success_below: float = 0.1
+    # 81.7 / 0.4 and lowers ASR on every suspect measured, at -1.6..+0.5 pt of CA. Session 16 (CC_NOTES 28 (h), the
+    # suite retrained on an AVX-512 host, `run` at the int8 budget): 0.05 instead of 0.1 takes the worst ASR of the 11
+    # backdoored suspects from 7.3 % (the demo) to 1.3 %, ASR <= 2 % on 11 of 11 (9 before), at -0.74 pt mean CA
+    # (-3.7..+0.5)
+    success_below: float = 0.05
     max_fraction: float = 0.5  # never prune more than this share of the head's inputs
     # where to prune, in order, per plan: "channels" (BatchNorm channels anywhere in the net) then "head"
     # inputs only if the triggers still work; or the head alone. Every plan is tried and ``plan_rank``
@@ -92,7 +95,7 @@ class PatchConfig:
     # first crossing, before the real trigger was gone (ASR 0.64 against 0.19 at 50)
     unlearn_steps: int = 300
     unlearn_check: int = 50
-    # the bound an unlearned teacher must reach to count as silenced (and to stop): below success_below,
+    # the bound an unlearned teacher must reach to count as silenced (and to stop): no higher than success_below,
     # since unlearning is trained against the very triggers it is judged by, so their held-out success flatters
     # it. Measured (CC_NOTES 23): stopped at its first check under 0.1, vgg11_sig's unlearned teacher (0.086)
     # left the real trigger at 12.5 % ASR in its student, and the toy test's at 0.64
