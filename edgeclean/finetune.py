@@ -227,8 +227,8 @@ def finetune(student: nn.Module, teacher: nn.Module, images: torch.Tensor, adv_i
             for h in handles:
                 h.remove()
         student.eval()
-    return {"steps": config.steps, "skipped_steps": skipped, "seconds": round(time.perf_counter() - start, 2), "bf16": bf16,
-            "feature_layers": len(names), "history": history}
+    return {"steps": config.steps, "skipped_steps": skipped, "seconds": round(time.perf_counter() - start, 2),
+            "bf16": bf16, "feature_layers": len(names), "history": history}
 
 
 def native_bf16() -> bool:
