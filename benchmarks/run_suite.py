@@ -51,13 +51,14 @@ def one(path: Path, args, out_root: Path) -> dict:
             cc = replace(cc, patch=replace(cc.patch, success_below=args.patch_success_below))
         extra["cc"] = cc
     report, _ = run(path, RunConfig(budget=budget, precision=args.precision, out_dir=out, extra=extra))  # gates: in the report
+    cc_report = report.get("cc", {})
     row = {"model": path.stem, "attack": card.get("attack"), "target": card.get("target"),
            "original_fp32_bytes": original, "budget_bytes": budget, "bytes": report["size_bytes"],
            "precision": report["precision"], "gates": {k: v["passed"] for k, v in report["gates"].items()},
            "gate_details": {k: v["detail"] for k, v in report["gates"].items()},
            "scan_before": round(report["scan_before"]["score"], 3), "scan_after": round(report["scan_after"]["score"], 3),
-           "stages_s": report["stages"], "bf16": report.get("cc", {}).get("distillation", {}).get("bf16"), "rank_policy": report.get("cc", {}).get("rank_policy"),
-           "wall_s": round(time.perf_counter() - t0, 1)}
+           "stages_s": report["stages"], "bf16": cc_report.get("distillation", {}).get("bf16"),
+           "rank_policy": cc_report.get("rank_policy"), "wall_s": round(time.perf_counter() - t0, 1)}
     if report.get("int8"):
         row["int8"] = report["int8"]
     if report.get("artifact"):
