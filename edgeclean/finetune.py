@@ -208,8 +208,8 @@ def finetune(student: nn.Module, teacher: nn.Module, images: torch.Tensor, adv_i
             opt.zero_grad(set_to_none=True)
             loss.backward()
             # a non-finite loss or gradient would turn every weight into NaN at opt.step(): skip the step, as
-            # torch.amp's GradScaler does (seen under bf16 autocast on an AVX-512 BF16 host, in 1 of 3 identical runs
-            # of a tiny random net: a conv returned NaN from finite inputs; CC_NOTES 28)
+            # torch.amp's GradScaler does (under bf16 autocast on an AVX-512 BF16 host, 3-30 of 30 steps of a tiny
+            # random net were non-finite per run, none in fp32: benchmarks/explore/bf16_nan.py, CC_NOTES 28 (e))
             if torch.isfinite(loss) and all(torch.isfinite(p.grad).all() for p in params if p.grad is not None):
                 opt.step()
             else:
