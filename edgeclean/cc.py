@@ -89,7 +89,7 @@ class CCReport:
         d["cc"]["factorized_layers"] = sum(1 for l in self.layers if l["ranks"])
         d["cc"]["scaled_components"] = sum(len(m["indices"]) for l in self.layers for m in l["scaled"].values())
         # whether the student also matched the teacher's BN outputs (0 layers behind a patched teacher: distil_config)
-        d["cc"]["distillation"] = {k: self.finetune[k] for k in ("steps", "skipped_steps", "seconds", "bf16",
+        d["cc"]["distillation"] = {k: self.finetune[k] for k in ("steps", "skipped_steps", "seconds", "bf16", "bf16_note",
                                                                   "feature_layers", "teacher_patched")
                                    if k in self.finetune}
         return d

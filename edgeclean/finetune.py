@@ -175,7 +175,7 @@ def finetune(student: nn.Module, teacher: nn.Module, images: torch.Tensor, adv_i
             pred = torch.cat([teacher(images[i:i + 256]).argmax(1) for i in range(0, len(images), 256)])
         keep = (pred != target_class).nonzero().flatten()
         pool = keep if len(keep) else pool
-    bf16 = use_bf16(config.bf16)
+    bf16, bf16_note = train_bf16(config.bf16, student, images)
     taps, names = None, []
     if config.feature_weight > 0:
         names = shared_bn_names(student, teacher)
@@ -208,8 +208,8 @@ def finetune(student: nn.Module, teacher: nn.Module, images: torch.Tensor, adv_i
             opt.zero_grad(set_to_none=True)
             loss.backward()
             # a non-finite loss or gradient would turn every weight into NaN at opt.step(): skip the step, as
-            # torch.amp's GradScaler does (under bf16 autocast on an AVX-512 BF16 host, 3-30 of 30 steps of a tiny
-            # random net were non-finite per run, none in fp32: benchmarks/explore/bf16_nan.py, CC_NOTES 28 (e))
+            # torch.amp's GradScaler does (CC_NOTES 28 (e): 3-30 of 30 steps of a tiny net under bf16, from the wrong
+            # conv gradients that ``train_bf16`` now avoids, CC_NOTES 29 (a); kept for any other cause)
             if torch.isfinite(loss) and all(torch.isfinite(p.grad).all() for p in params if p.grad is not None):
                 opt.step()
             else:
@@ -228,7 +228,8 @@ def finetune(student: nn.Module, teacher: nn.Module, images: torch.Tensor, adv_i
                 h.remove()
         student.eval()
     return {"steps": config.steps, "skipped_steps": skipped, "seconds": round(time.perf_counter() - start, 2),
-            "bf16": bf16, "feature_layers": len(names), "history": history}
+            "bf16": bf16, **({"bf16_note": bf16_note} if bf16_note else {}), "feature_layers": len(names),
+            "history": history}
 
 
 def native_bf16() -> bool:
@@ -252,3 +253,50 @@ def _bar(enabled: bool, total: int):
     progress = Progress(transient=True)
     progress.start()
     return progress, progress.add_task("fine-tune", total=total)
+
+
+def bf16_bad_grad(conv: nn.Module, input_hw: tuple[int, ...]) -> bool:
+    """Whether CPU bf16 autocast gives ``conv`` a wrong weight gradient on inputs of spatial size ``input_hw``: a
+    kernel wider than 1 with a stride larger than the input, in some spatial dimension (oneDNN on an AVX-512 BF16 /
+    AMX host, torch 2.13: the gradient is off by far more than bf16 rounding and now and then not finite; the
+    output and the input gradient are right: benchmarks/explore/bf16_conv_grad.py, CC_NOTES 29 (a))."""
+    if not isinstance(conv, nn.modules.conv._ConvNd):
+        return False
+    return any(k > 1 and s > n for k, s, n in zip(conv.kernel_size, conv.stride, input_hw))
+
+
+@torch.no_grad()
+def bf16_bad_grad_convs(model: nn.Module, x: torch.Tensor) -> list[str]:
+    """Names of the convs of ``model`` that ``bf16_bad_grad`` flags on the input ``x`` (one forward pass). Training
+    such a net under bf16 would apply wrong gradients to them: the callers train it in fp32 instead."""
+    sizes, handles = {}, []
+
+    def record(name):
+        def hook(mod, args):  # returns None: the input is left as it is
+            sizes.setdefault(name, (mod, tuple(args[0].shape[2:])))
+        return hook
+
+    for name, m in model.named_modules():
+        if isinstance(m, nn.modules.conv._ConvNd):
+            handles.append(m.register_forward_pre_hook(record(name)))
+    was_training = model.training
+    try:
+        model.eval()  # no BatchNorm statistics move
+        model(x)
+    finally:
+        model.train(was_training)
+        for h in handles:
+            h.remove()
+    return [name for name, (m, hw) in sizes.items() if bf16_bad_grad(m, hw)]
+
+
+def train_bf16(setting: bool | None, model: nn.Module, x: torch.Tensor) -> tuple[bool, str | None]:
+    """Whether to train ``model`` (on inputs like ``x``) under bf16 autocast: ``use_bf16(setting)``, except where
+    some conv's bf16 weight gradient would be wrong (``bf16_bad_grad``); then fp32, and the reason why."""
+    if not use_bf16(setting):
+        return False, None
+    bad = bf16_bad_grad_convs(model, x[:1])
+    if not bad:
+        return True, None
+    return False, (f"fp32, not bf16: bf16 weight gradients are wrong for a conv whose stride exceeds its input "
+                   f"({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''}; CC_NOTES 29 (a))")

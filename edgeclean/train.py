@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from .attacks import attack_params, get_attack, poison_dataset, poisoned_test_set
 from .data import Dataset, parse_dataset
 from .errors import UserError
+from .finetune import train_bf16
 from .load import ModelSpec, input_model
 from .metrics import evaluate_predictor, torch_predict
 from .zoo import REGISTRY, create_model
@@ -96,6 +97,9 @@ def train_suspect(cfg: TrainConfig, out: str | Path | None = None, quiet: bool =
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, epochs=cfg.epochs, steps_per_epoch=steps_per_epoch,
                                                 pct_start=0.25)
     poisoned_test = poisoned_test_set(test, attack, cfg.target, params) if attack else None
+    bf16, bf16_note = train_bf16(cfg.bf16, raw, train.x[:1])
+    if bf16_note:
+        log(bf16_note)
 
     start, cpu_start = time.perf_counter(), time.process_time()
     with _progress(quiet) as bar:
@@ -110,7 +114,7 @@ def train_suspect(cfg: TrainConfig, out: str | Path | None = None, quiet: bool =
                 idx = order[i * cfg.batch_size: (i + 1) * cfg.batch_size]
                 x = data.x[idx].contiguous(memory_format=torch.channels_last)
                 y = data.y[idx]
-                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
                     loss = F.cross_entropy(raw(x), y)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
@@ -141,6 +145,7 @@ def train_suspect(cfg: TrainConfig, out: str | Path | None = None, quiet: bool =
         "train_seconds": round(seconds, 1),  # wall clock, on whatever share of the CPU the job got
         "train_cpu_seconds": round(cpu_seconds, 1),  # CPU time of all threads: comparable across loads
         "train_config": asdict(cfg),
+        **({"bf16_note": bf16_note} if bf16_note else {}),
         "size_bytes_fp32": sum(t.numel() * 4 for t in net.state_dict().values() if t.is_floating_point()),
         "torch": torch.__version__,
     }

@@ -501,7 +501,7 @@ def unlearn_stage(net: nn.Module, model: nn.Module, images: torch.Tensor, check:
     copy); BN statistics stay as they are. Stops once the triggers' success on ``check`` is below
     ``config.unlearn_below`` or no lower than at the previous check (checked every ``config.unlearn_check``
     steps); returns that success."""
-    from .finetune import FinetuneConfig, augment, kd_loss, use_bf16
+    from .finetune import FinetuneConfig, augment, kd_loss, train_bf16
 
     reference = copy.deepcopy(net).eval()
     was_training, flags = net.training, [p.requires_grad for p in model.parameters()]
@@ -509,7 +509,8 @@ def unlearn_stage(net: nn.Module, model: nn.Module, images: torch.Tensor, check:
     for p in model.parameters():
         p.requires_grad_(True)
     opt = torch.optim.Adam(model.parameters(), lr=config.unlearn_lr)
-    gen, aug, bf16 = torch.Generator().manual_seed(0), FinetuneConfig(), use_bf16(config.bf16)
+    gen, aug = torch.Generator().manual_seed(0), FinetuneConfig()
+    bf16, _ = train_bf16(config.bf16, net, images)
     after = previous = 1.0
     try:
         for step in range(1, config.unlearn_steps + 1):

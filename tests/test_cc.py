@@ -9,7 +9,9 @@ from torch import nn
 
 from edgeclean.cc import CCConfig, clean_and_compact, distil_config, save_cleaned, smallest_bytes
 from edgeclean.errors import UserError
-from edgeclean.finetune import FinetuneConfig, feature_loss, finetune, shared_bn_names, tap_outputs
+from edgeclean.finetune import (
+    FinetuneConfig, bf16_bad_grad, bf16_bad_grad_convs, feature_loss, finetune, shared_bn_names, tap_outputs,
+)
 from edgeclean.load import ModelSpec, load_suspect
 from edgeclean.ranks import RankConfig, estimate_bytes
 from edgeclean.scaling import ScaleConfig
@@ -150,6 +152,26 @@ def test_a_non_finite_distillation_step_is_skipped_not_applied():
     assert student.calls == 9 and stats["skipped_steps"] == 3
     assert all(torch.isfinite(p).all() for p in student.parameters())
     assert not torch.equal(student.lin.weight, start["weight"])  # the finite steps were applied
+
+
+def test_bf16_training_falls_back_to_fp32_where_a_convs_stride_exceeds_its_input():
+    # the rule (CC_NOTES 29 (a)): a kernel wider than 1 and a stride larger than the input, in some dimension
+    assert bf16_bad_grad(nn.Conv2d(8, 8, 3, 2, 1), (1, 1))
+    assert bf16_bad_grad(nn.Conv2d(8, 8, 3, 3, 1), (2, 2))
+    assert not bf16_bad_grad(nn.Conv2d(8, 8, 3, 2, 1), (2, 2))
+    assert not bf16_bad_grad(nn.Conv2d(8, 8, 1, 2), (1, 1))  # a 1x1 conv's gradient is right
+    assert not bf16_bad_grad(nn.Conv2d(8, 8, (3, 1), (1, 2), (1, 0)), (4, 1))
+    assert not bf16_bad_grad(nn.Linear(4, 4), (1, 1))
+    teacher, _ = _model()  # ImageNet stem: 16x16 input -> 1x1 maps into layer4's first 3x3 stride-2 conv
+    assert bf16_bad_grad_convs(teacher, torch.rand(1, 1, 16, 16)) == ["layer4.0.conv1"]
+    assert bf16_bad_grad_convs(teacher, torch.rand(1, 1, 32, 32)) == []  # 2x2 maps there
+    assert teacher.training is False
+    student = copy.deepcopy(teacher)
+    for size, trained_bf16 in ((16, False), (32, True)):
+        stats = finetune(copy.deepcopy(student), teacher, torch.rand(8, 1, size, size),
+                         config=FinetuneConfig(steps=1, batch_size=4, bf16=True))
+        assert stats["bf16"] is trained_bf16
+        assert ("layer4.0.conv1" in stats.get("bf16_note", "")) is not trained_bf16
 
 
 def test_a_suspected_backdoor_caps_the_ranks_a_large_budget_buys():

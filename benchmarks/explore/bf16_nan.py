@@ -4,7 +4,8 @@ tests/test_cc.py::test_feature_matching_pulls_the_students_bn_outputs_to_the_tea
     OMP_NUM_THREADS=1 python benchmarks/explore/bf16_nan.py [--runs 6]
 
 Per run and setting: the steps ``finetune`` skipped as non-finite (each would have made every weight NaN before the
-guard of commit f958666) and whether the student's fp32 output is finite afterwards. Then the net's first conv
+guard of commit f958666), whether the student's fp32 output is finite afterwards, and whether it trained in bf16
+(since CC_NOTES 29 (a) it does not: its layer4 convs have a stride larger than their 1x1 input). Then the net's first conv
 (1 -> 8 channels, 7x7, stride 2) alone, forward and backward under bf16 autocast, 200 times.
 """
 from __future__ import annotations
@@ -45,7 +46,8 @@ def main() -> int:
                 with torch.no_grad():
                     finite = bool(torch.isfinite(net(held)).all())
                 cells.append(f"{stats['skipped_steps']}{'' if finite else ' (NaN output)'}")
-            print(f"bf16 {bf16!s:5} feature_weight {weight:5}: skipped of 30 steps per run: {', '.join(cells)}")
+            print(f"bf16 {bf16!s:5} feature_weight {weight:5}: skipped of 30 steps per run: {', '.join(cells)}; "
+                  f"trained in bf16: {stats['bf16']}{' (' + stats['bf16_note'] + ')' if 'bf16_note' in stats else ''}")
     torch.manual_seed(0)
     conv = torch.nn.Conv2d(1, 8, 7, 2, 3, bias=False)
     bad = 0
