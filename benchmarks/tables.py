@@ -570,6 +570,16 @@ def commits(cells: dict) -> str:
     return ", ".join(f"`{k}` ({n} cells)" for k, n in seen.items()) + f"; computed {span}{scan_note}"
 
 
+def machines(cells: dict) -> str:
+    """The CPUs the cells were computed on, with their counts (a table may mix hosts after a partial rerun)."""
+    seen = {}
+    for c in cells.values():
+        m = c.get("machine") or {}
+        key = f"{m.get('cpu', '?')} ({m.get('logical_cpus', '?')} logical CPUs)"
+        seen[key] = seen.get(key, 0) + 1
+    return ", ".join(f"{k}: {n} cells" for k, n in seen.items()) or "–"
+
+
 def runtimes(cells: dict) -> str:
     """Wall time the cached cells took to compute, per method (scans are cached per suspect and
     counted in the first cell that needed one)."""
@@ -632,7 +642,8 @@ def render_table1() -> list[str]:
 
 def provenance(cells: dict) -> list[str]:
     """The footer of Tables 1 and 2: commits, loads, markers and compute time of their cells."""
-    return ["", f"Cells: {commits(cells)}; {loads(cells)}. † = partial test set (`--limit`), * = uncommitted code.",
+    return ["", f"Cells: {commits(cells)}; {loads(cells)}; computed on {machines(cells)}. † = partial test set "
+            "(`--limit`), * = uncommitted code.",
             "", runtimes(cells) + ".", ""]
 
 
@@ -716,7 +727,7 @@ def render_table3() -> list[str]:
             failed = "; ".join(f"{g} ({v['detail']})" for g, v in c["gates"].items() if not v["passed"]) or "none"
             extra.append(f"{n}: artifact {kb(c['size_bytes'])} (budget {kb(c['budget_bytes'])}), failed gates: {failed}, "
                          f"load average {c['loadavg_start'][0]:.1f} -> {c['loadavg_end'][0]:.1f}")
-    lines += [""] + [f"- {e}" for e in extra] + ["", f"Cells: {commits(cells)}.", ""]
+    lines += [""] + [f"- {e}" for e in extra] + ["", f"Cells: {commits(cells)}; computed on {machines(cells)}.", ""]
     return lines
 
 
@@ -797,7 +808,8 @@ def render() -> None:
              "`--methods M ...` / `--suspects S ...` choose cells, `--limit N` evaluates on the first N test images only):", "",
              "```", "python benchmarks/tables.py table1   # defenses", "python benchmarks/tables.py table2   # compression at equal bytes",
              "python benchmarks/tables.py table3   # time to clean", "python benchmarks/tables.py render   # this file", "```", "",
-             f"Machine: {m['cpu']}, {m['logical_cpus']} logical CPUs (shared by several jobs while these ran: \"loaded\"), "
+             "Machines (the CPUs the cells were computed on, shared by several jobs while they ran: \"loaded\"): "
+             + "; ".join(f"Table {i}: {machines(load_cells(f'table{i}'))}" for i in (1, 2, 3)) + ". Rendered with "
              f"Python {m['python']}, torch {m['torch']}, onnxruntime {m['onnxruntime']}. Seed {SEED} for every method "
              "(scan synthesis, C&C, NGF batch order, 1% clean subset, export parity inputs). Rendered "
              f"{dt.datetime.now(dt.timezone.utc).isoformat(timespec='minutes')}. Each cell's JSON holds its own git commit, date,",
