@@ -36,12 +36,13 @@ def one(path: Path, args, out_root: Path) -> dict:
     t0 = time.perf_counter()
     out = out_root / path.stem
     extra = {}
-    if args.suspected_fraction is not None or args.bf16 != "auto" or args.patch_success_below is not None:
+    if (args.suspected_fraction is not None or args.bf16 != "auto" or args.patch_success_below is not None
+            or args.patch_max_channel_fraction is not None):
         from dataclasses import replace
 
         from edgeclean.cc import CCConfig
 
-        cc = CCConfig()
+        cc = CCConfig(seed=args.seed)  # as run() makes it when no config is given
         if args.suspected_fraction is not None:
             cc = replace(cc, ranks=replace(cc.ranks, suspected_fraction=args.suspected_fraction or None))
         if args.bf16 != "auto":  # every autocast switch of the C&C stage: synthesis, the patch, distillation
@@ -49,8 +50,10 @@ def one(path: Path, args, out_root: Path) -> dict:
             cc = replace(cc, synth_bf16=on, finetune=replace(cc.finetune, bf16=on), patch=replace(cc.patch, bf16=on))
         if args.patch_success_below is not None:
             cc = replace(cc, patch=replace(cc.patch, success_below=args.patch_success_below))
+        if args.patch_max_channel_fraction is not None:
+            cc = replace(cc, patch=replace(cc.patch, max_channel_fraction=args.patch_max_channel_fraction))
         extra["cc"] = cc
-    report, _ = run(path, RunConfig(budget=budget, precision=args.precision, out_dir=out, extra=extra))  # gates: in the report
+    report, _ = run(path, RunConfig(budget=budget, precision=args.precision, out_dir=out, seed=args.seed, extra=extra))  # gates: in the report
     cc_report = report.get("cc", {})
     row = {"model": path.stem, "attack": card.get("attack"), "target": card.get("target"),
            "original_fp32_bytes": original, "budget_bytes": budget, "bytes": report["size_bytes"],
@@ -58,7 +61,10 @@ def one(path: Path, args, out_root: Path) -> dict:
            "gate_details": {k: v["detail"] for k, v in report["gates"].items()},
            "scan_before": round(report["scan_before"]["score"], 3), "scan_after": round(report["scan_after"]["score"], 3),
            "stages_s": report["stages"], "bf16": cc_report.get("distillation", {}).get("bf16"),
-           "rank_policy": cc_report.get("rank_policy"), "wall_s": round(time.perf_counter() - t0, 1)}
+           "rank_policy": cc_report.get("rank_policy"), "seed": args.seed,
+           "patch": {k: (len(v) if isinstance(v, list) else v) for k, v in (cc_report.get("patch") or {}).items()
+                     if k in ("plan", "channels", "units", "success_after", "student_success")},
+           "wall_s": round(time.perf_counter() - t0, 1)}
     if report.get("int8"):
         row["int8"] = report["int8"]
     if report.get("artifact"):
@@ -82,6 +88,9 @@ def main() -> int:
                     help="bf16 autocast in C&C; auto: where the CPU has native bf16 (the package's default)")
     ap.add_argument("--patch-success-below", type=float, default=None,
                     help="PatchConfig.success_below for this run (the patch's stopping bound); default: the package's")
+    ap.add_argument("--patch-max-channel-fraction", type=float, default=None,
+                    help="PatchConfig.max_channel_fraction: the most BN channels the patch may silence (default 0.1)")
+    ap.add_argument("--seed", type=int, default=0, help="run's seed (scan synthesis, C&C, export)")
     ap.add_argument("--keep", default=None, help="keep each run's output folder under this folder")
     ap.add_argument("--out", help="write the rows as JSON here")
     args = ap.parse_args()
