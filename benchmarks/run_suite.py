@@ -53,7 +53,8 @@ def one(path: Path, args, out_root: Path) -> dict:
         if args.patch_max_channel_fraction is not None:
             cc = replace(cc, patch=replace(cc.patch, max_channel_fraction=args.patch_max_channel_fraction))
         extra["cc"] = cc
-    report, _ = run(path, RunConfig(budget=budget, precision=args.precision, out_dir=out, seed=args.seed, extra=extra))  # gates: in the report
+    # the gates are in the report
+    report, _ = run(path, RunConfig(budget=budget, precision=args.precision, out_dir=out, seed=args.seed, extra=extra))
     cc_report = report.get("cc", {})
     row = {"model": path.stem, "attack": card.get("attack"), "target": card.get("target"),
            "original_fp32_bytes": original, "budget_bytes": budget, "bytes": report["size_bytes"],
