@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .summary import forward_once
+
 
 @dataclass
 class FinetuneConfig:
@@ -265,28 +267,19 @@ def bf16_bad_grad(conv: nn.Module, input_hw: tuple[int, ...]) -> bool:
     return any(k > 1 and s > n for k, s, n in zip(conv.kernel_size, conv.stride, input_hw))
 
 
-@torch.no_grad()
-def bf16_bad_grad_convs(model: nn.Module, x: torch.Tensor) -> list[str]:
-    """Names of the convs of ``model`` that ``bf16_bad_grad`` flags on the input ``x`` (one forward pass). Training
-    such a net under bf16 would apply wrong gradients to them: the callers train it in fp32 instead."""
-    sizes, handles = {}, []
+def bf16_bad_grad_convs(model: nn.Module, input_shape: tuple[int, ...]) -> list[str]:
+    """Names of the convs of ``model`` that ``bf16_bad_grad`` flags on inputs of ``input_shape`` (C x H x W; one
+    forward pass). Training such a net under bf16 would apply wrong gradients to them: the callers train it in fp32."""
+    sizes = {}
 
     def record(name):
         def hook(mod, args):  # returns None: the input is left as it is
             sizes.setdefault(name, (mod, tuple(args[0].shape[2:])))
         return hook
 
-    for name, m in model.named_modules():
-        if isinstance(m, nn.modules.conv._ConvNd):
-            handles.append(m.register_forward_pre_hook(record(name)))
-    was_training = model.training
-    try:
-        model.eval()  # no BatchNorm statistics move
-        model(x)
-    finally:
-        model.train(was_training)
-        for h in handles:
-            h.remove()
+    handles = [m.register_forward_pre_hook(record(name)) for name, m in model.named_modules()
+               if isinstance(m, nn.modules.conv._ConvNd)]
+    forward_once(model, tuple(input_shape), handles)
     return [name for name, (m, hw) in sizes.items() if bf16_bad_grad(m, hw)]
 
 
@@ -295,7 +288,7 @@ def train_bf16(setting: bool | None, model: nn.Module, x: torch.Tensor) -> tuple
     some conv's bf16 weight gradient would be wrong (``bf16_bad_grad``); then fp32, and the reason why."""
     if not use_bf16(setting):
         return False, None
-    bad = bf16_bad_grad_convs(model, x[:1])
+    bad = bf16_bad_grad_convs(model, tuple(x.shape[1:]))
     if not bad:
         return True, None
     return False, (f"fp32, not bf16: bf16 weight gradients are wrong for a conv whose stride exceeds its input "

@@ -163,8 +163,8 @@ def test_bf16_training_falls_back_to_fp32_where_a_convs_stride_exceeds_its_input
     assert not bf16_bad_grad(nn.Conv2d(8, 8, (3, 1), (1, 2), (1, 0)), (4, 1))
     assert not bf16_bad_grad(nn.Linear(4, 4), (1, 1))
     teacher, _ = _model()  # ImageNet stem: 16x16 input -> 1x1 maps into layer4's first 3x3 stride-2 conv
-    assert bf16_bad_grad_convs(teacher, torch.rand(1, 1, 16, 16)) == ["layer4.0.conv1"]
-    assert bf16_bad_grad_convs(teacher, torch.rand(1, 1, 32, 32)) == []  # 2x2 maps there
+    assert bf16_bad_grad_convs(teacher, (1, 16, 16)) == ["layer4.0.conv1"]
+    assert bf16_bad_grad_convs(teacher, (1, 32, 32)) == []  # 2x2 maps there
     assert teacher.training is False
     student = copy.deepcopy(teacher)
     for size, trained_bf16 in ((16, False), (32, True)):
