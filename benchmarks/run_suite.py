@@ -18,9 +18,11 @@ import os
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from edgeclean.cc import CCConfig  # noqa: E402
 from edgeclean.export import ExportConfig, export  # noqa: E402
 from edgeclean.load import load_suspect, read_card  # noqa: E402
 from edgeclean.metrics import evaluate_files  # noqa: E402
@@ -35,26 +37,19 @@ def one(path: Path, args, out_root: Path) -> dict:
     budget = int(original * args.fraction)
     t0 = time.perf_counter()
     out = out_root / path.stem
-    extra = {}
-    if (args.suspected_fraction is not None or args.bf16 != "auto" or args.patch_success_below is not None
-            or args.patch_max_channel_fraction is not None):
-        from dataclasses import replace
-
-        from edgeclean.cc import CCConfig
-
-        cc = CCConfig(seed=args.seed)  # as run() makes it when no config is given
-        if args.suspected_fraction is not None:
-            cc = replace(cc, ranks=replace(cc.ranks, suspected_fraction=args.suspected_fraction or None))
-        if args.bf16 != "auto":  # every autocast switch of the C&C stage: synthesis, the patch, distillation
-            on = args.bf16 == "on"
-            cc = replace(cc, synth_bf16=on, finetune=replace(cc.finetune, bf16=on), patch=replace(cc.patch, bf16=on))
-        if args.patch_success_below is not None:
-            cc = replace(cc, patch=replace(cc.patch, success_below=args.patch_success_below))
-        if args.patch_max_channel_fraction is not None:
-            cc = replace(cc, patch=replace(cc.patch, max_channel_fraction=args.patch_max_channel_fraction))
-        extra["cc"] = cc
+    cc = CCConfig(seed=args.seed)  # what run() uses when given none; the options below change it
+    if args.suspected_fraction is not None:
+        cc = replace(cc, ranks=replace(cc.ranks, suspected_fraction=args.suspected_fraction or None))
+    if args.bf16 != "auto":  # every autocast switch of the C&C stage: synthesis, the patch, distillation
+        on = args.bf16 == "on"
+        cc = replace(cc, synth_bf16=on, finetune=replace(cc.finetune, bf16=on), patch=replace(cc.patch, bf16=on))
+    if args.patch_success_below is not None:
+        cc = replace(cc, patch=replace(cc.patch, success_below=args.patch_success_below))
+    if args.patch_max_channel_fraction is not None:
+        cc = replace(cc, patch=replace(cc.patch, max_channel_fraction=args.patch_max_channel_fraction))
     # the gates are in the report
-    report, _ = run(path, RunConfig(budget=budget, precision=args.precision, out_dir=out, seed=args.seed, extra=extra))
+    report, _ = run(path, RunConfig(budget=budget, precision=args.precision, out_dir=out, seed=args.seed,
+                                    extra={"cc": cc}))
     cc_report = report.get("cc", {})
     row = {"model": path.stem, "attack": card.get("attack"), "target": card.get("target"),
            "original_fp32_bytes": original, "budget_bytes": budget, "bytes": report["size_bytes"],
