@@ -47,6 +47,8 @@ def one(path: Path, args, out_root: Path) -> dict:
         cc = replace(cc, patch=replace(cc.patch, success_below=args.patch_success_below))
     if args.patch_max_channel_fraction is not None:
         cc = replace(cc, patch=replace(cc.patch, max_channel_fraction=args.patch_max_channel_fraction))
+    if args.patch_plans is not None:
+        cc = replace(cc, patch=replace(cc.patch, plans=tuple(tuple(p.split("+")) for p in args.patch_plans.split("/"))))
     # the gates are in the report
     report, _ = run(path, RunConfig(budget=budget, precision=args.precision, out_dir=out, seed=args.seed,
                                     extra={"cc": cc}))
@@ -86,6 +88,9 @@ def main() -> int:
                     help="PatchConfig.success_below for this run (the patch's stopping bound); default: the package's")
     ap.add_argument("--patch-max-channel-fraction", type=float, default=None,
                     help="PatchConfig.max_channel_fraction: the most BN channels the patch may silence (default 0.1)")
+    ap.add_argument("--patch-plans", default=None,
+                    help='PatchConfig.plans for this run, stages joined by "+", plans by "/", e.g. '
+                         '"channels+head/channels+unlearn/head/unlearn"; default: the package\'s')
     ap.add_argument("--seed", type=int, default=0, help="run's seed (scan synthesis, C&C, export)")
     ap.add_argument("--keep", default=None, help="keep each run's output folder under this folder")
     ap.add_argument("--out", help="write the rows as JSON here")

@@ -443,7 +443,7 @@ def patch_head(net: nn.Module, model: nn.Module, images: torch.Tensor, target: i
             if after < config.success_below:
                 break
             if where == "unlearn":
-                after = unlearn_stage(net, model, train, check, triggers, config)
+                after = unlearn_stage(net, model, train, check, triggers, config, keep_silenced=channels)
             elif where == "channels" and bns:
                 channels, after = _prune_channels_stage(net, model, bns, check, triggers, config)
             elif where == "head" and head is not None:
@@ -495,12 +495,13 @@ def plan_rank(cand: dict, silenced: bool, source_min_unchanged: float = 0.95, un
 
 
 def unlearn_stage(net: nn.Module, model: nn.Module, images: torch.Tensor, check: torch.Tensor,
-                  triggers: list[Trigger], config: PatchConfig) -> float:
+                  triggers: list[Trigger], config: PatchConfig, keep_silenced: list | tuple = ()) -> float:
     """Fine-tune ``model`` in place so that trigger-stamped (augmented) ``images`` get the answer the
     model gave on the clean image, while clean images keep their answers (distillation from a frozen
     copy); BN statistics stay as they are. Stops once the triggers' success on ``check`` is below
     ``config.unlearn_below`` or no lower than at the previous check (checked every ``config.unlearn_check``
-    steps); returns that success."""
+    steps); returns that success. ``keep_silenced``: BN channels (name, index) an earlier stage silenced; they
+    stay silenced (zeroed again after every step: their gamma and beta get gradients and would come back)."""
     from .finetune import FinetuneConfig, augment, kd_loss, train_bf16
 
     reference = copy.deepcopy(net).eval()
@@ -524,6 +525,7 @@ def unlearn_stage(net: nn.Module, model: nn.Module, images: torch.Tensor, check:
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            prune_channels(model, keep_silenced)
             if step % config.unlearn_check == 0 or step == config.unlearn_steps:
                 with torch.no_grad():
                     after = max(success_rate(net, check, t) for t in triggers)
