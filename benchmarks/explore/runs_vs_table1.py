@@ -17,7 +17,8 @@ RESULTS = Path(__file__).resolve().parent.parent / "results"
 
 
 def table1_cell(model: str, seed: int) -> dict | None:
-    path = RESULTS / ("" if seed == 0 else f"seed{seed}") / "table1" / f"{model}__cc.json"
+    name = "demo" if model == "demo_badnets_resnet18" else model  # tables.py's name for models/demo_badnets_resnet18.pt
+    path = RESULTS / ("" if seed == 0 else f"seed{seed}") / "table1" / f"{name}__cc.json"
     return json.loads(path.read_text()) if path.exists() else None
 
 
