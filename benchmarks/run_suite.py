@@ -61,7 +61,8 @@ def one(path: Path, args, out_root: Path) -> dict:
            "stages_s": report["stages"], "bf16": cc_report.get("distillation", {}).get("bf16"),
            "rank_policy": cc_report.get("rank_policy"), "seed": args.seed,
            "patch": {k: (len(v) if isinstance(v, list) else v) for k, v in (cc_report.get("patch") or {}).items()
-                     if k in ("plan", "channels", "units", "success_after", "student_success")},
+                     if k in ("plan", "channels", "units", "success_after", "student_success")}
+           | {"candidates": (cc_report.get("patch") or {}).get("candidates")},  # every plan tried, as plan_rank saw it
            "wall_s": round(time.perf_counter() - t0, 1)}
     if report.get("int8"):
         row["int8"] = report["int8"]

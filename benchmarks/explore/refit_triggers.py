@@ -1,0 +1,53 @@
+"""After each patch plan, fit the triggers again on the patched teacher: does their new success track the real ASR?
+
+    OMP_NUM_THREADS=1 python benchmarks/explore/refit_triggers.py SUSPECT.pt [...] \\
+        --plans "channels+head" "channels+unlearn" "head" "unlearn" [--n-test 2000]
+
+``patch_head`` judges a plan by the triggers fitted on the suspect before it (``success_after``). An unlearned teacher
+was trained against exactly those triggers, so their held-out success flatters it (``PatchConfig.unlearn_below``);
+a pruned one may leave a trigger the old ones no longer find. Per suspect and plan (one plan at a time, the card's
+target, 512 cached synthetic images as in ``patch_teacher.py``): the old triggers' success after the patch, the
+success of triggers of the same kinds fitted anew on the patched teacher (same fit / held-out split), and the
+patched teacher's CA / ASR / target recall on the first n test images.
+"""
+import argparse
+import copy
+import os
+import sys
+import time
+from dataclasses import replace
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from case import Case  # noqa: E402
+from edgeclean.load import input_model  # noqa: E402
+from edgeclean.unlearn import PatchConfig, patch_head, reverse_trigger, success_rate  # noqa: E402
+
+ap = argparse.ArgumentParser()
+ap.add_argument("suspects", nargs="+")
+ap.add_argument("--plans", nargs="+", default=["channels+head", "channels+unlearn", "head", "unlearn"])
+ap.add_argument("--n-test", type=int, default=2000)
+args = ap.parse_args()
+torch.set_num_threads(1)
+
+for path in args.suspects:
+    case = Case(path, n_test=args.n_test)
+    x, y, target = case.test.x, case.test.y, case.target
+    images = case.images(512)
+    for plan in args.plans:
+        config = replace(PatchConfig(), plans=(tuple(plan.split("+")),))
+        teacher = copy.deepcopy(case.model).eval()
+        net = input_model(teacher, case.spec).eval()
+        t0 = time.time()
+        res = patch_head(net, teacher, images, target, config)
+        fit, check = images[: config.n_reverse], images[config.n_reverse: config.n_reverse + config.n_check]
+        refit = {k: round(success_rate(net, check, reverse_trigger(net, fit, target, k, config)), 3) for k in config.kinds}
+        with torch.no_grad():
+            pc = net(x).argmax(1)
+        recall = float((pc[y == target] == target).float().mean())
+        cand = res.candidates[0] if res.candidates else {}
+        print(case.path.stem, f"[{plan}]", "CA/ASR", case.ev(teacher), f"recall {recall:.3f}",
+              f"old triggers after {cand.get('success_after')} unchanged {cand.get('unchanged')} moved {cand.get('moved')}",
+              f"channels {len(res.channels)} units {len(res.units)}", "refit held-out", refit,
+              f"{time.time() - t0:.0f}s", flush=True)
