@@ -201,6 +201,24 @@ def test_unlearn_plan_silences_the_real_trigger_without_pruning():
         assert (teacher(held).argmax(1) == y).float().mean() > 0.95  # no channel lost (1.0 measured)
 
 
+def test_unlearning_after_the_channels_stage_keeps_those_channels_silenced():
+    teacher = backdoored(bn=True)
+    # a silenced channel behind a ReLU gets no gradient (ReLU's is 0 at 0); behind a residual sum it does, as here
+    teacher[2], teacher[5] = nn.LeakyReLU(0.1), nn.LeakyReLU(0.1)
+    before = copy.deepcopy(teacher)
+    x, _ = clean_images(384, 3)
+    # two channels (a tenth of 24) do not silence the trigger, so the unlearn stage runs after them
+    result = patch_head(teacher, teacher, x, TARGET, PatchConfig(kinds=("mask",), steps=150, plans=(("channels", "unlearn"),),
+                                                                     unlearn_steps=100, unlearn_lr=1e-3, success_below=0.4,
+                                                                     unlearn_below=0.4))
+    assert result.plan == "channels+unlearn" and len(result.channels) == 2
+    assert result.candidates[0]["channels"] == 2 and result.success_after < result.success_before
+    assert not torch.equal(teacher[3].weight, before[3].weight)  # the unlearn stage trained the convs
+    for name, j in result.channels:  # but the silenced channels stayed silenced
+        bn = teacher.get_submodule(name)
+        assert bn.weight[j] == 0 and bn.bias[j] == 0
+
+
 def test_a_known_trigger_is_used_without_reverse_engineering(model):
     from edgeclean.unlearn import Trigger
 

@@ -1,14 +1,15 @@
 """After each patch plan, fit the triggers again on the patched teacher: does their new success track the real ASR?
 
     OMP_NUM_THREADS=1 python benchmarks/explore/refit_triggers.py SUSPECT.pt [...] \\
-        --plans "channels+head" "channels+unlearn" "head" "unlearn" [--n-test 2000]
+        --plans none "channels+head" "channels+unlearn" "head" "unlearn" [--n-test 2000]  # none: the suspect itself
 
 ``patch_head`` judges a plan by the triggers fitted on the suspect before it (``success_after``). An unlearned teacher
 was trained against exactly those triggers, so their held-out success flatters it (``PatchConfig.unlearn_below``);
 a pruned one may leave a trigger the old ones no longer find. Per suspect and plan (one plan at a time, the card's
 target, 512 cached synthetic images as in ``patch_teacher.py``): the old triggers' success after the patch, the
-success of triggers of the same kinds fitted anew on the patched teacher (same fit / held-out split), and the
-patched teacher's CA / ASR / target recall on the first n test images.
+success of triggers of the same kinds fitted anew on the patched teacher (same fit / held-out split), the best such
+success towards two other classes (target + 1 and + 5: what a trigger reaches where no backdoor points), and the
+patched teacher's CA / ASR / target recall / redirect on the first n test images (``Case.real_line``).
 """
 import argparse
 import copy
@@ -26,28 +27,29 @@ from edgeclean.unlearn import PatchConfig, patch_head, reverse_trigger, success_
 
 ap = argparse.ArgumentParser()
 ap.add_argument("suspects", nargs="+")
-ap.add_argument("--plans", nargs="+", default=["channels+head", "channels+unlearn", "head", "unlearn"])
+ap.add_argument("--plans", nargs="+", default=["none", "channels+head", "channels+unlearn", "head", "unlearn"])
 ap.add_argument("--n-test", type=int, default=2000)
 args = ap.parse_args()
 torch.set_num_threads(1)
 
 for path in args.suspects:
     case = Case(path, n_test=args.n_test)
-    x, y, target = case.test.x, case.test.y, case.target
+    target = case.target
     images = case.images(512)
     for plan in args.plans:
         config = replace(PatchConfig(), plans=(tuple(plan.split("+")),))
         teacher = copy.deepcopy(case.model).eval()
         net = input_model(teacher, case.spec).eval()
         t0 = time.time()
-        res = patch_head(net, teacher, images, target, config)
+        res = patch_head(net, teacher, images, target, config) if plan != "none" else None  # "none": the suspect
         fit, check = images[: config.n_reverse], images[config.n_reverse: config.n_reverse + config.n_check]
         refit = {k: round(success_rate(net, check, reverse_trigger(net, fit, target, k, config)), 3) for k in config.kinds}
-        with torch.no_grad():
-            pc = net(x).argmax(1)
-        recall = float((pc[y == target] == target).float().mean())
-        cand = res.candidates[0] if res.candidates else {}
-        print(case.path.stem, f"[{plan}]", "CA/ASR", case.ev(teacher), f"recall {recall:.3f}",
+        # the same kinds towards two other classes: what a trigger reaches where no backdoor points
+        others = [(target + d) % case.spec.num_classes for d in (1, 5)]
+        base = {k: max(round(success_rate(net, check, reverse_trigger(net, fit, c, k, config)), 3) for c in others)
+                for k in config.kinds}
+        cand = res.candidates[0] if res is not None and res.candidates else {}
+        print(case.path.stem, f"[{plan}]", case.real_line(net),
               f"old triggers after {cand.get('success_after')} unchanged {cand.get('unchanged')} moved {cand.get('moved')}",
-              f"channels {len(res.channels)} units {len(res.units)}", "refit held-out", refit,
+              f"channels {len(res.channels) if res else 0} units {len(res.units) if res else 0}", "refit held-out", refit, f"other classes {others}", base,
               f"{time.time() - t0:.0f}s", flush=True)
