@@ -46,7 +46,8 @@ for path in args.suspects:
         t0 = time.time()
         res = patch_head(net, teacher, images, target, config) if plan != "none" else None  # "none": the suspect
         fit, check = images[: config.n_reverse], images[config.n_reverse: config.n_reverse + config.n_check]
-        refit = {k: round(success_rate(net, check, reverse_trigger(net, fit, target, k, config)), 3) for k in config.kinds}
+        refit = {k: round(success_rate(net, check, reverse_trigger(net, fit, target, k, config)), 3)
+                 for k in config.kinds}
         # the same kinds towards two other classes: what a trigger reaches where no backdoor points
         others = [(target + d) % case.spec.num_classes for d in (1, 5)]
         base = {k: max(round(success_rate(net, check, reverse_trigger(net, fit, c, k, config)), 3) for c in others)
@@ -56,6 +57,8 @@ for path in args.suspects:
             base["nc_mask_px"] = [round(reverse_trigger(net, fit, c, "mask", nc).size(), 1) for c in [target] + others]
         cand = res.candidates[0] if res is not None and res.candidates else {}
         print(case.path.stem, f"[{plan}]", case.real_line(net),
-              f"old triggers after {cand.get('success_after')} unchanged {cand.get('unchanged')} moved {cand.get('moved')}",
-              f"channels {len(res.channels) if res else 0} units {len(res.units) if res else 0}", "refit held-out", refit, f"other classes {others}", base,
+              f"old triggers after {cand.get('success_after')} unchanged {cand.get('unchanged')}",
+              f"moved {cand.get('moved')}",
+              f"channels {len(res.channels) if res else 0} units {len(res.units) if res else 0}", "refit held-out", refit,
+              f"other classes {others}", base,
               f"{time.time() - t0:.0f}s", flush=True)
