@@ -40,14 +40,17 @@ discount, the threshold): a stripe trigger at another frequency, a non-integer n
 or a 2-D pattern may be missed (the VGG SIG model sends 50/64 synthetic images to its target
 with its own stripes, 9-12/64 one cycle off, 28/64 one radian off: benchmarks/scan_sig_response.py,
 results/scan_sig_response.json), and the amplitude assumes a trigger of about 0.3 (the suite's is 80/255).
-Compressed models (C&C to 1/8, results/scan_calibration_compressed_*, now loaded with their
-card's input shape and normalisation): clean ResNet-18 0.69-1.76, not suspected; clean VGG-11
-without fine-tuning (CA 41%) 0.91-1.38; clean VGG-11 with fine-tuning (CA 55%) 1.95-3.82,
-SUSPECTED on 2 of 3 seeds by the softmax ratio + universal gap (class 6): a false positive of
-those two kinds of evidence on a broken network, not of the grating gap (<= 0.253 on every
-compressed clean model). Limits: it assumes a class-balanced training set, and after compression
-the evidence weakens: the demo suspect compressed to 1/8 (ASR 50-94%) scored 0.58-3.84, flagged
-on 2 of 6 scans.
+Compressed models (C&C to 1/8 by benchmarks/scan_compressed.py, without and with fine-tuning, no
+teacher patch; results/scan_calibration_compressed_seed{0,1,2}.json, rerun in session 18 on the
+suite retrained in session 16, CC_NOTES 30 (f)): clean ResNet-18 (CA 89-91%) 0.37-1.36, not
+suspected; clean VGG-11 (CA 79.5% without fine-tuning, 91.5% with) 1.06-2.58, SUSPECTED on 2 of 6
+scans (2.51, 2.58), both by the grating gap towards class 6 (0.36-0.37; 0.15-0.27 on the other
+four): a false positive of the stripe evidence, and class 6 (shirt) is where SIG-like stripes send
+a clean VGG-11's images anyway (CC_NOTES 22 (g)); the demo suspect compressed to 1/8 (ASR 72% and
+100%) 3.42-6.74, flagged on 6 of 6 with its target. On the first suite (AMD host) the clean VGG-11's
+false positives came from the softmax ratio instead (fine-tuned to 55% CA, 2 of 3 seeds), and the
+compressed demo scored 0.58-3.84. Limits: it assumes a class-balanced training set, and after
+compression the evidence weakens.
 
 Reported beside the verdict, not used (measurement showed them confounded): the prediction-count
 z-score (``concentration_index``, the previous verdict: a compressed clean ResNet-18 reached 5.4),
@@ -103,7 +106,9 @@ GAP_THRESHOLD = 0.25
 # Grating gap (``grating_gap``: per class, its best grating's share minus GRATING_BASELINE times its
 # median share over all gratings; the top class's value minus the runner-up's) that counts as a
 # SIG-type stripe trigger. Suite, 3 seeds (results/scan_calibration_*seed*.json): SIG >= 0.455,
-# clean and compressed clean <= 0.253, other backdoors' off-target classes <= 0.317.
+# clean and compressed clean <= 0.253, other backdoors' off-target classes <= 0.317 (first suite). On the suite
+# retrained in session 16 the compressed clean VGG-11 reached 0.362 and 0.372 on 2 of 6 scans (class 6), just over
+# this line: false positives after cleaning (CC_NOTES 30 (f)); the threshold was left where it is.
 GRATING_THRESHOLD = 0.36
 # Weight of a class's median grating share: a class that every grating reaches a little (a broken
 # network's sink: VGG-11 compressed to 1/8 without fine-tuning, CA 41%, median 0.25-0.29) is
