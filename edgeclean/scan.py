@@ -108,7 +108,8 @@ GAP_THRESHOLD = 0.25
 # SIG-type stripe trigger. Suite, 3 seeds (results/scan_calibration_*seed*.json): SIG >= 0.455,
 # clean and compressed clean <= 0.253, other backdoors' off-target classes <= 0.317 (first suite). On the suite
 # retrained in session 16 the compressed clean VGG-11 reached 0.362 and 0.372 on 2 of 6 scans (class 6), just over
-# this line: false positives after cleaning (CC_NOTES 30 (f)); the threshold was left where it is.
+# this line: false positives after cleaning (CC_NOTES 30 (f)). Left here: SIG's gaps on that suite are 0.402-0.667,
+# so no line between the two keeps a margin (results/scan_calibration_s16_n256_seed*.json).
 GRATING_THRESHOLD = 0.36
 # Weight of a class's median grating share: a class that every grating reaches a little (a broken
 # network's sink: VGG-11 compressed to 1/8 without fine-tuning, CA 41%, median 0.25-0.29) is
