@@ -203,7 +203,8 @@ def test_unlearn_plan_silences_the_real_trigger_without_pruning():
 
 def test_unlearning_after_the_channels_stage_keeps_those_channels_silenced():
     teacher = backdoored(bn=True)
-    # a silenced channel behind a ReLU gets no gradient (ReLU's is 0 at 0); behind a residual sum it does, as here
+    # a silenced channel behind a ReLU gets no gradient (ReLU's is 0 at 0); before a residual sum, or a LeakyReLU
+    # as here, it does
     teacher[2], teacher[5] = nn.LeakyReLU(0.1), nn.LeakyReLU(0.1)
     before = copy.deepcopy(teacher)
     x, _ = clean_images(384, 3)
