@@ -438,10 +438,11 @@ def patch_head(net: nn.Module, model: nn.Module, images: torch.Tensor, target: i
     best = None
     for plan in config.plans:
         model.load_state_dict(saved)
-        channels, units, after = [], [], max(held)
+        channels, units, after, ran = [], [], max(held), []
         for where in plan:
             if after < config.success_below:
                 break
+            ran.append(where)
             if where == "unlearn":
                 after = unlearn_stage(net, model, train, check, triggers, config, keep_silenced=channels)
             elif where == "channels" and bns:
@@ -450,8 +451,10 @@ def patch_head(net: nn.Module, model: nn.Module, images: torch.Tensor, target: i
                 units, after = _prune_head_stage(net, head, check, triggers, config)
         with torch.no_grad():
             kept = float((net(check).argmax(1) == base)[clean].float().mean()) if clean.any() else 1.0
-        silenced = is_silenced(plan, after, config)
-        cand = {"plan": "+".join(plan), "channels": len(channels), "units": len(units),
+        silenced = is_silenced(ran, after, config)
+        # "ran": the stages that ran (a stage is skipped once the triggers are silenced), which is what counts for
+        # silencing and ranking: channels+unlearn whose channels silenced alone is a channels patch
+        cand = {"plan": "+".join(plan), "ran": "+".join(ran), "channels": len(channels), "units": len(units),
                 "success_after": round(after, 4), "unchanged": round(kept, 4),
                 "moved": round(moved_rate(net, check, triggers), 4)}
         result.candidates.append(cand)
@@ -477,7 +480,8 @@ def plan_rank(cand: dict, silenced: bool, source_min_unchanged: float = 0.95, un
     2. Whether the plan removes the trigger's effect where it arises rather than hiding it from the
        classifier: BatchNorm channels alone that leave at least ``source_min_unchanged`` of the held-out
        synthetic predictions as they were, or unlearning (the weights retrained so that triggered images
-       keep their clean answer) that leaves at least ``unlearn_min_unchanged`` of them. A head patch only cuts
+       keep their clean answer; among the stages that ran, ``cand["ran"]``) that leaves at least
+       ``unlearn_min_unchanged`` of them. A head patch only cuts
        the trigger's way to the target: on vgg11_badnets
        (seed 2 then and again on the retrained suite) it changed fewer synthetic predictions but left the
        real trigger at 18.6-20.6 % ASR against 0.0-0.1 % (CC_NOTES 18, 23). Channels that silenced alone but
@@ -490,7 +494,8 @@ def plan_rank(cand: dict, silenced: bool, source_min_unchanged: float = 0.95, un
        plans as the real trigger's redirect did in every comparison measured (CC_NOTES 23); across suspects it
        is no measure of it (CC_NOTES 22 (h)). Plans that failed rank by how low the triggers' success got."""
     at_source = silenced and ((cand["channels"] > 0 and cand["units"] == 0 and cand["unchanged"] >= source_min_unchanged)
-                              or ("unlearn" in cand["plan"].split("+") and cand["unchanged"] >= unlearn_min_unchanged))
+                              or ("unlearn" in cand.get("ran", cand["plan"]).split("+")
+                                  and cand["unchanged"] >= unlearn_min_unchanged))
     return (silenced, at_source, cand["unchanged"] - cand.get("moved", 0.0) if silenced else -cand["success_after"])
 
 

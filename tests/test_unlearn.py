@@ -280,6 +280,11 @@ def test_plan_rank_prefers_silencing_then_removal_at_the_source_then_fewer_chang
     assert plan_rank(both, True) > plan_rank(cand(40, 0, 1.0, after=0.2), False)
     assert plan_rank(cand(0, 64, 0.9, after=0.12), False) > plan_rank(cand(31, 0, 0.99, after=0.3), False)
     assert plan_rank(cand(0, 0, 0.95, after=0.2, plan="unlearn"), False) < plan_rank(both, True)
+    # a plan counts by the stages that ran: channels that silenced before "unlearn" ran are a channels patch
+    # (session 18: vgg11_blended's channels+unlearn at 0.939 unchanged beat the identical channels+head)
+    skipped = dict(cand(35, 0, 0.939, moved=0.373), plan="channels+unlearn", ran="channels")
+    assert plan_rank(skipped, True) == plan_rank(cand(35, 0, 0.939, moved=0.373), True)
+    assert plan_rank(dict(skipped, ran="channels+unlearn"), True) > plan_rank(cand(35, 0, 0.939, moved=0.373), True)
 
 
 def test_moved_rate_counts_images_a_trigger_sends_to_any_other_class():
