@@ -100,6 +100,10 @@ class PatchConfig:
     # it. Measured (CC_NOTES 23): stopped at its first check under 0.1, vgg11_sig's unlearned teacher (0.086)
     # left the real trigger at 12.5 % ASR in its student, and the toy test's at 0.64
     unlearn_below: float = 0.05
+    # the bound for an unlearn stage that follows the channels stage (None: unlearn_below). Explored in CC_NOTES 30 (h):
+    # after channels+unlearn the fitted triggers stop at 0.03-0.17 with the real trigger at 0.1-5.5 % on seven
+    # teachers, while unlearning alone at 0.195 left resnet18_badnets' at 96 %; off by default
+    channels_unlearn_below: float | None = None
     unlearn_lr: float = 1e-4
     max_channel_fraction: float = 0.1  # never prune more than this share of all BN channels
     n_reverse: int = 128  # synthetic images the trigger is optimised on
@@ -469,7 +473,10 @@ def patch_head(net: nn.Module, model: nn.Module, images: torch.Tensor, target: i
 
 def is_silenced(plan, after: float, config: PatchConfig) -> bool:
     """Whether a plan (its stages, e.g. ("channels", "head")) silenced the triggers: their success ``after`` it is
-    below ``config.success_below``, or below ``config.unlearn_below`` for a plan that unlearns (see there)."""
+    below ``config.success_below``, or below ``config.unlearn_below`` for a plan that unlearns (see there), or below
+    ``config.channels_unlearn_below``, where set, for one that unlearns after the channels stage."""
+    if "unlearn" in plan and "channels" in plan and config.channels_unlearn_below is not None:
+        return after < config.channels_unlearn_below
     return after < (config.unlearn_below if "unlearn" in plan else config.success_below)
 
 
