@@ -287,6 +287,16 @@ def test_plan_rank_prefers_silencing_then_removal_at_the_source_then_fewer_chang
     assert plan_rank(dict(skipped, ran="channels+unlearn"), True) > plan_rank(cand(35, 0, 0.939, moved=0.373), True)
 
 
+def test_unlearning_after_channels_can_have_a_bound_of_its_own():
+    from edgeclean.unlearn import is_silenced
+
+    loose = PatchConfig(channels_unlearn_below=0.2)
+    assert is_silenced(["channels", "unlearn"], 0.12, loose)
+    assert not is_silenced(["channels", "unlearn"], 0.12, PatchConfig())  # off: unlearn_below (0.05)
+    assert not is_silenced(["unlearn"], 0.12, loose)  # unlearning alone keeps unlearn_below
+    assert not is_silenced(["channels", "head"], 0.12, loose)  # and pruning success_below
+
+
 def test_moved_rate_counts_images_a_trigger_sends_to_any_other_class():
     from edgeclean.unlearn import Trigger, moved_rate
 
