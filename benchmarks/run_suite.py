@@ -22,6 +22,7 @@ from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from case import overrides  # noqa: E402
 from edgeclean.cc import CCConfig  # noqa: E402
 from edgeclean.export import ExportConfig, export  # noqa: E402
 from edgeclean.load import load_suspect, read_card  # noqa: E402
@@ -50,11 +51,12 @@ def one(path: Path, args, out_root: Path) -> dict:
     if args.patch_channels_unlearn_below is not None:
         cc = replace(cc, patch=replace(cc.patch, channels_unlearn_below=args.patch_channels_unlearn_below))
     if args.patch_plans is not None:
-        cc = replace(cc, patch=replace(cc.patch, plans=tuple(tuple(p.split("+")) for p in args.patch_plans.split("/"))))
+        cc = replace(cc, patch=replace(cc.patch, **overrides(cc.patch, [f"plans={args.patch_plans}"])))
     # the gates are in the report
     report, _ = run(path, RunConfig(budget=budget, precision=args.precision, out_dir=out, seed=args.seed,
                                     extra={"cc": cc}))
     cc_report = report.get("cc", {})
+    patch = cc_report.get("patch") or {}
     row = {"model": path.stem, "attack": card.get("attack"), "target": card.get("target"),
            "original_fp32_bytes": original, "budget_bytes": budget, "bytes": report["size_bytes"],
            "precision": report["precision"], "gates": {k: v["passed"] for k, v in report["gates"].items()},
@@ -62,9 +64,9 @@ def one(path: Path, args, out_root: Path) -> dict:
            "scan_before": round(report["scan_before"]["score"], 3), "scan_after": round(report["scan_after"]["score"], 3),
            "stages_s": report["stages"], "bf16": cc_report.get("distillation", {}).get("bf16"),
            "rank_policy": cc_report.get("rank_policy"), "seed": args.seed,
-           "patch": {k: (len(v) if isinstance(v, list) else v) for k, v in (cc_report.get("patch") or {}).items()
+           "patch": {k: (len(v) if isinstance(v, list) else v) for k, v in patch.items()
                      if k in ("plan", "channels", "units", "success_after", "student_success")}
-           | {"candidates": (cc_report.get("patch") or {}).get("candidates")},  # every plan tried, as plan_rank saw it
+           | {"candidates": patch.get("candidates")},  # every plan tried, as plan_rank saw it
            "wall_s": round(time.perf_counter() - t0, 1)}
     if report.get("int8"):
         row["int8"] = report["int8"]

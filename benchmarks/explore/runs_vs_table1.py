@@ -10,16 +10,26 @@ its gates; then the mean CA change over the rows.
 from __future__ import annotations
 
 import json
+import os
 import sys
+from functools import cache
 from pathlib import Path
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from seed_spread import cc_cells  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent.parent / "results"
 
 
+@cache
+def seed_cells(seed: int) -> dict[str, dict]:
+    """suspect -> Table 1's C&C cell at ``seed`` (``results/`` for seed 0, ``results/seedN/`` otherwise)."""
+    return cc_cells(RESULTS / ("" if seed == 0 else f"seed{seed}"))
+
+
 def table1_cell(model: str, seed: int) -> dict | None:
     name = "demo" if model == "demo_badnets_resnet18" else model  # tables.py's name for models/demo_badnets_resnet18.pt
-    path = RESULTS / ("" if seed == 0 else f"seed{seed}") / "table1" / f"{name}__cc.json"
-    return json.loads(path.read_text()) if path.exists() else None
+    return seed_cells(seed).get(name)
 
 
 def figures(ca, asr, racc) -> str:
