@@ -86,10 +86,10 @@ class PatchConfig:
     # the backdoor nowhere to move (vgg11_badnets, two seeds: the real trigger's redirect 41.9-45.4 % with
     # channels, 0.6-0.7 % unlearned; on `run`'s own images it did not silence them there). Its cost: 100-300
     # steps, 2.1-2.4 s each on a full-width ResNet-18 on a 2-core AVX2 host; leave it out of ``plans`` to save that.
-    # "channels" then "unlearn" (session 18, CC_NOTES 30 (h)): the same channels, then unlearning instead of a head cut, so
-    # the target class keeps its head inputs. Judged by the same bound (unlearn_below); through `run` at seeds 0-2 it
-    # silenced and won on 4 of 33 runs: resnet18_badnets at seeds 1 and 2 (ASR 6.7 / 20.9 % -> 0.0 / 0.3 %, CA +2.8 /
-    # +3.0 pt) and resnet18_sig at seeds 0 and 1 (-0.4 / -0.6 pt, R-Acc +3.4 / +10.1 pt); the other 29 are unchanged
+    # "channels" then "unlearn" (session 18, CC_NOTES 30 (h)): the same channels, then unlearning instead of a head
+    # cut, so the target class keeps its head inputs. Judged by the same bound (unlearn_below); through `run` at seeds
+    # 0-2 it silenced and won on 4 of 33 runs: resnet18_badnets at seeds 1 and 2 (ASR 6.7 / 20.9 % -> 0.0 / 0.3 %, CA
+    # +2.8 / +3.0 pt) and resnet18_sig at seeds 0 and 1 (-0.4 / -0.6 pt, R-Acc +3.4 / +10.1 pt); the other 29 unchanged
     plans: tuple[tuple[str, ...], ...] = (("channels", "head"), ("channels", "unlearn"), ("head",), ("unlearn",))
     # at most this many Adam steps of the "unlearn" stage (batch 64 synthetic images); it stops at the
     # first check (every ``unlearn_check`` steps) where the triggers are silenced, or where their success

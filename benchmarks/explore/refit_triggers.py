@@ -23,7 +23,7 @@ from dataclasses import replace
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from case import Case  # noqa: E402
+from case import Case, overrides  # noqa: E402
 from edgeclean.load import input_model  # noqa: E402
 from edgeclean.unlearn import PatchConfig, patch_head, reverse_trigger, success_rate  # noqa: E402
 
@@ -40,7 +40,7 @@ for path in args.suspects:
     target = case.target
     images = case.images(512)
     for plan in args.plans:
-        config = replace(PatchConfig(), plans=(tuple(plan.split("+")),))
+        config = replace(PatchConfig(), **overrides(PatchConfig(), [f"plans={plan}"]))
         teacher = copy.deepcopy(case.model).eval()
         net = input_model(teacher, case.spec).eval()
         t0 = time.time()
