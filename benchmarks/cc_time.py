@@ -27,7 +27,9 @@ badnets --target 3 --epochs 4 --bf16 --seed 5`), which the scan flags and whose 
 (synthesis 35.3, patch 92.8, allocation 14.7, distillation 48.1). The same suspect with a 1-thread training job
 beside it took 893.1 s: more threads than free cores stall the 2-thread kernels. With the scan at 256 images
 (a1ab7fa): scan 13.8 s, C&C 183.1 s (synthesis 23.7, patch 93.1, allocation 14.8, distillation 50.8); with the
-patch's bound at 0.05 (27ec612): scan 14.7 s, C&C 190.9 s (24.4, 95.2, 15.6, 55.0).
+patch's bound at 0.05 (27ec612): scan 14.7 s, C&C 190.9 s (24.4, 95.2, 15.6, 55.0). Session 19, the same host, idle, with
+the "channels+unlearn" candidate of session 18 (c3ecd7f; results/cc_time_s19.txt): scan 17.3 s, C&C 258.1 s (synthesis
+28.0, patch 150.8, allocation 17.2, distillation 61.3); that candidate ran and did not silence (0.125).
 """
 
 from __future__ import annotations
