@@ -264,8 +264,7 @@ def clean_and_compact(model: nn.Module, spec, budget_bytes: int | None = None, p
         t0 = time.perf_counter()
         teacher_patched = patch_info is not None and bool(patched.used)  # the patch changed the teacher
         ft_stats = finetune(input_model(student, spec), input_model(teacher, spec), images, adv_images, adv_index,
-                            distil_config(config, teacher_patched), target_class=target,
-                            triggers=patched.used if teacher_patched else ())
+                            distil_config(config, teacher_patched), target_class=target)
         ft_stats["target_class"], ft_stats["teacher_patched"] = target, teacher_patched
         timings["finetune_s"] = time.perf_counter() - t0
         if teacher_patched:

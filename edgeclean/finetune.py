@@ -59,10 +59,6 @@ class FinetuneConfig:
     # 90.4; 1, 10, 100, 1000 gave 90.1, 90.2, 90.5, 90.5. C&C turns it off behind a patched teacher
     # (``CCConfig.features_with_patch``)
     feature_weight: float = 100.0
-    # >0: the student also sees the teacher patch's reverse-engineered triggers stamped on each batch (one trigger
-    # a step, in turn) and matches the teacher's answer on the clean image, with this weight: the patch's
-    # unlearning (unlearn.py) repeated on the student, which distillation alone can re-teach the shortcut to
-    stamp_weight: float = 0.0
     seed: int = 0
     progress: bool = False
 
@@ -147,12 +143,11 @@ def student_pgd(student: nn.Module, x: torch.Tensor, labels: torch.Tensor | None
 
 def finetune(student: nn.Module, teacher: nn.Module, images: torch.Tensor, adv_images: torch.Tensor | None = None,
              adv_index: torch.Tensor | None = None, config: FinetuneConfig = FinetuneConfig(),
-             target_class: int | None = None, triggers: list | tuple = ()) -> dict:
+             target_class: int | None = None) -> dict:
     """Fine-tune ``student`` in place (raw-input modules); returns loss statistics.
 
     ``adv_images[i]`` is an adversarial version of ``images[adv_index[i]]``; ``target_class`` (the
-    scan's suspected target, if any) aims the online perturbations; ``triggers`` (objects with ``apply(x)``,
-    the teacher patch's) are stamped on the batches where ``config.stamp_weight`` > 0.
+    scan's suspected target, if any) aims the online perturbations.
     """
     gen = torch.Generator().manual_seed(config.seed)
     teacher.eval()
@@ -209,10 +204,6 @@ def finetune(student: nn.Module, teacher: nn.Module, images: torch.Tensor, adv_i
             if trig is not None:
                 j = torch.randint(0, len(trig[0]), (config.batch_size,), generator=gen)
                 loss = loss + config.trigger_weight * kd_loss(student(trig[0][j]), trig[1][j], config.temperature)
-            if triggers and config.stamp_weight > 0:
-                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-                    s_stamped = student(triggers[step % len(triggers)].apply(x)).float()
-                loss = loss + config.stamp_weight * kd_loss(s_stamped, t_logits, config.temperature)
             if config.online_steps > 0:
                 x_adv = student_pgd(student, x, t_logits.argmax(1), config.online_eps, config.online_steps, target_class)
                 loss = loss + config.online_weight * kd_loss(student(x_adv), t_logits, config.temperature)
