@@ -48,6 +48,8 @@ def one(path: Path, args, out_root: Path) -> dict:
         cc = replace(cc, patch=replace(cc.patch, success_below=args.patch_success_below))
     if args.patch_max_channel_fraction is not None:
         cc = replace(cc, patch=replace(cc.patch, max_channel_fraction=args.patch_max_channel_fraction))
+    if args.patch_unlearn_silenced is not None:
+        cc = replace(cc, patch=replace(cc.patch, unlearn_silenced=args.patch_unlearn_silenced))
     if args.patch_channels_unlearn_below is not None:
         cc = replace(cc, patch=replace(cc.patch, channels_unlearn_below=args.patch_channels_unlearn_below))
     if args.patch_plans is not None:
@@ -98,6 +100,8 @@ def main() -> int:
                          '"channels+head/channels+unlearn/head/unlearn"; default: the package\'s')
     ap.add_argument("--patch-channels-unlearn-below", type=float, default=None,
                     help="PatchConfig.channels_unlearn_below: the bound for unlearning after the channels stage")
+    ap.add_argument("--patch-unlearn-silenced", type=int, default=None,
+                    help="PatchConfig.unlearn_silenced: unlearning steps after channels that silenced alone (default 0)")
     ap.add_argument("--seed", type=int, default=0, help="run's seed (scan synthesis, C&C, export)")
     ap.add_argument("--keep", default=None, help="keep each run's output folder under this folder")
     ap.add_argument("--out", help="write the rows as JSON here")

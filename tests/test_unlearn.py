@@ -220,6 +220,26 @@ def test_unlearning_after_the_channels_stage_keeps_those_channels_silenced():
         assert bn.weight[j] == 0 and bn.bias[j] == 0
 
 
+def test_unlearning_can_follow_channels_that_silenced_the_triggers_alone():
+    x, _ = clean_images(384, 3)
+    ran = {}
+    for steps in (0, 20):
+        teacher = backdoored(bn=True)
+        before = copy.deepcopy(teacher)
+        # half of the 24 channels may go: on this toy 11 silence the trigger, so the unlearn stage is skipped
+        # unless ``unlearn_silenced`` asks for it
+        result = patch_head(teacher, teacher, x, TARGET, PatchConfig(kinds=("mask",), steps=150, plans=(("channels", "unlearn"),),
+                                                                         max_channel_fraction=0.5, success_below=0.3,
+                                                                         unlearn_lr=1e-3, unlearn_silenced=steps))
+        ran[steps] = result.candidates[0]["ran"]
+        assert result.success_after < 0.3 and len(result.channels) > 0
+        assert torch.equal(teacher[3].weight, before[3].weight) == (steps == 0)  # trained only when asked
+        for name, j in result.channels:
+            bn = teacher.get_submodule(name)
+            assert bn.weight[j] == 0 and bn.bias[j] == 0
+    assert ran == {0: "channels", 20: "channels+unlearn"}
+
+
 def test_a_known_trigger_is_used_without_reverse_engineering(model):
     from edgeclean.unlearn import Trigger
 
