@@ -48,14 +48,16 @@ class Case:
         return (f"CA {100 * r['ca']:.1f} ASR {100 * r['asr']:.1f} recall {float((pred[mine] == self.target).float().mean()):.3f} "
                 f"redirect {rd['class']} {100 * rd['rate']:.1f} ({100 * rd['clean_rate']:.1f})")
 
-    def images(self, n: int = 512, cache: str = ".cache/refit") -> torch.Tensor:
-        """``n`` synthetic images of the suspect (``synth`` defaults, seed 1), made once and cached."""
+    def images(self, n: int = 512, cache: str = ".cache/refit", iterations: int | None = None) -> torch.Tensor:
+        """``n`` synthetic images of the suspect (``synth`` defaults, seed 1; ``iterations`` per batch if given), made
+        once and cached."""
         from edgeclean.synth import SynthConfig, synthesize
 
-        path = Path(cache) / f"{self.path.stem}.pt"
+        config = SynthConfig(seed=1) if iterations is None else SynthConfig(seed=1, iterations=iterations)
+        path = Path(cache) / f"{self.path.stem}{'' if iterations is None else f'.it{iterations}'}.pt"
         if path.exists():
             return torch.load(path, weights_only=True)[:n]
-        images = synthesize(self.model, self.spec, n, SynthConfig(seed=1))
+        images = synthesize(self.model, self.spec, n, config)
         path.parent.mkdir(parents=True, exist_ok=True)
         torch.save(images, path)
         return images

@@ -40,6 +40,8 @@ ap.add_argument("--n-test", type=int, default=1000, help="test images CA / ASR a
 ap.add_argument("--recall", action="store_true", help="also print the student's recall per class")
 ap.add_argument("--cc", nargs="*", default=[], metavar="FIELD=VALUE", help="other CCConfig fields, e.g. n_synthetic=1024")
 ap.add_argument("--save", default=None, metavar="DIR", help="save each student as DIR/<suspect>[.<proxy>].safetensors + .json")
+ap.add_argument("--synth-iterations", type=int, default=None,
+                help="synthesis iterations per batch of the distillation images (default: synth's own)")
 ap.add_argument("--patch", nargs="*", default=[], metavar="FIELD=VALUE",
                 help="PatchConfig fields, e.g. kinds=mask,additive,blend blend=0.15")
 args = ap.parse_args()
@@ -47,7 +49,7 @@ ft_over, cc_over = overrides(FinetuneConfig(), args.ft), overrides(CCConfig(), a
 torch.set_num_threads(1)
 case = Case(args.suspect, n_test=args.n_test)
 scan = SimpleNamespace(suspected=case.target is not None, target_class=case.target,
-                       images=case.images(args.n), adv_images=None)
+                       images=case.images(args.n, iterations=args.synth_iterations), adv_images=None)
 budget = int(estimate_bytes(case.model) * args.fraction)  # of the fp32 size, at --precision
 for proxy in args.proxies:
     cfg = CCConfig(ranks=RankConfig(proxy=proxy, probe_images=args.probe, probe_points=args.points), do_finetune=not args.no_ft)
@@ -63,7 +65,7 @@ for proxy in args.proxies:
     student, rep = clean_and_compact(case.model, case.spec, budget_bytes=budget, precision=args.precision, config=cfg,
                                   scan_result=scan)
     ranks = [tuple(l["ranks"]) if l["ranks"] else None for l in rep.layers]
-    print(case.path.stem, proxy, f"steps={cfg.finetune.steps} n={args.n}{'' if args.n_test == 1000 else f' n_test={args.n_test}'} patch={not args.nopatch} {ft_over or ''} plans={args.plans or 'default'} {cc_over or ''} {args.patch or ''}", "CA/ASR", case.ev(student), f"{time.time() - t0:.0f}s", rep.timings,
+    print(case.path.stem, proxy, f"steps={cfg.finetune.steps} n={args.n}{'' if args.n_test == 1000 else f' n_test={args.n_test}'} patch={not args.nopatch} {ft_over or ''} plans={args.plans or 'default'} {cc_over or ''} {args.patch or ''}{'' if args.synth_iterations is None else f' synth_iterations={args.synth_iterations}'}", "CA/ASR", case.ev(student), f"{time.time() - t0:.0f}s", rep.timings,
           "ranks", ranks, "patch", rep.patch and {k: rep.patch.get(k) for k in ("plan", "candidates", "success_after", "student_success")}, flush=True)
     if args.save:  # export_suspects.py's format: load_cleaned(DIR/<stem>) rebuilds it
         from export_suspects import save_cleaned
