@@ -113,7 +113,8 @@ class PatchConfig:
     # steps with no early stop: silenced triggers can still move images to another class (``moved_rate``), and
     # unlearning pulls them back to their clean answer (0: the stage is skipped, as every stage after silencing is).
     # Measured at 100 (CC_NOTES 31 (e), `run` at 1/8): R-Acc 48.2 / 36.9 -> 84.8 / 75.0 % on vgg11_badnets at seeds
-    # 0 / 1, 41.5 -> 54.6 % on vgg11_blended, 64.1 -> 66.3 % on vgg11_ftrojan, ASR 0.0 %, but CA -2.2 to -5.7 pt: off
+    # 0 / 1, 41.5 / 44.7 -> 54.6 / 53.1 % on vgg11_blended, 64.1 -> 66.3 % on vgg11_ftrojan (seed 0), ASR 0.0 %, but CA
+    # -1.4 to -5.7 pt: off
     unlearn_silenced: int = 0
     max_channel_fraction: float = 0.1  # never prune more than this share of all BN channels
     n_reverse: int = 128  # synthetic images the trigger is optimised on
