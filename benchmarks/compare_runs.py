@@ -29,11 +29,21 @@ def pct(x) -> str:
     return "-" if x is None else f"{100 * x:.1f}"
 
 
+def int8_cell(row: dict) -> str:
+    """The int8 artifact's gated top-1 agreement with fp32 (of how many images) and its size over the fp32 file's."""
+    q = row.get("int8") or {}
+    given = (q.get("int8_agreement") or {}).get("given")
+    if not given or q.get("int8_size_ratio") is None:
+        return "-"
+    return f"{100 * given['top1_agreement']:.1f} % of {given['samples']}, {q['int8_size_ratio']:.3f}"
+
+
 def compare(before: dict[str, dict], after: dict[str, dict]) -> tuple[list[str], dict]:
     """Markdown lines and the summary figures (in points) for the models on both sides."""
     names = sorted(set(before) & set(after))
-    lines = ["| model | before: CA / ASR / R-Acc | after: CA / ASR / R-Acc | CA change, pt | CA drop from suspect, pt |",
-             "|---|---|---|---|---|"]
+    lines = ["| model | before: CA / ASR / R-Acc | after: CA / ASR / R-Acc | CA change, pt | CA drop from suspect, pt "
+             "| after: int8 agreement, int8 / fp32 bytes | after: gates failed |",
+             "|---|---|---|---|---|---|---|"]
     changes, drops = [], []
     for n in names:
         b, a = before[n], after[n]
@@ -42,7 +52,8 @@ def compare(before: dict[str, dict], after: dict[str, dict]) -> tuple[list[str],
         changes.append(change)
         drops.append(drop)
         lines.append(f"| {n} | {pct(b['ca'])} / {pct(b.get('asr'))} / {pct(b.get('racc'))} | "
-                     f"{pct(a['ca'])} / {pct(a.get('asr'))} / {pct(a.get('racc'))} | {change:+.1f} | {drop:.1f} |")
+                     f"{pct(a['ca'])} / {pct(a.get('asr'))} / {pct(a.get('racc'))} | {change:+.1f} | {drop:.1f} | "
+                     f"{int8_cell(a)} | {', '.join(k for k, ok in a.get('gates', {}).items() if not ok) or '-'} |")
     summary = {"models": len(names),
                "mean_ca_change_pt": round(sum(changes) / len(changes), 2) if names else None,
                "ca_change_range_pt": [round(min(changes), 2), round(max(changes), 2)] if names else None,
