@@ -3,9 +3,11 @@ first test images, and its synthetic images cached on disk."""
 
 from __future__ import annotations
 
+import copy
 import functools
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -61,6 +63,39 @@ class Case:
         path.parent.mkdir(parents=True, exist_ok=True)
         torch.save(images, path)
         return images
+
+    def patched(self, config, n: int = 512):
+        """A copy of the suspect patched by ``unlearn.patch_head`` with ``config`` (a ``PatchConfig``) on ``n`` cached
+        synthetic images, the card's target standing in for the scan's, as a ``Patched``."""
+        from edgeclean.unlearn import patch_head
+
+        images = self.images(n)
+        teacher = copy.deepcopy(self.model).eval()
+        net = input_model(teacher, self.spec).eval()
+        result = patch_head(net, teacher, images, self.target, config)
+        fit = images[: config.n_reverse]
+        with torch.no_grad():  # the suspect's own answers on the held-out images, for ``Patched.unchanged``
+            base = input_model(self.model, self.spec).eval()(result.check).argmax(1)
+        return Patched(teacher, net, result, fit, torch.cat([fit, images[config.n_reverse + config.n_check:]]), base,
+                       self.target)
+
+
+@dataclass
+class Patched:
+    """``Case.patched``: the patched teacher (``net``: raw inputs), ``patch_head``'s result, the images its triggers were
+    fitted on (``fit``) and the ones an unlearn stage trains on (``train``: all but the held-out ``result.check``)."""
+    teacher: torch.nn.Module
+    net: torch.nn.Module
+    result: object
+    fit: torch.Tensor
+    train: torch.Tensor
+    base: torch.Tensor  # the suspect's predictions on result.check
+    target: int
+
+    def unchanged(self, net) -> float:
+        """Share of the held-out images the suspect puts outside the target whose prediction ``net`` keeps."""
+        with torch.no_grad():
+            return float((net(self.result.check).argmax(1) == self.base)[self.base != self.target].float().mean())
 
 
 def overrides(config, pairs) -> dict:

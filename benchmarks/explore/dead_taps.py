@@ -63,7 +63,6 @@ def croppable(conv: nn.Module) -> bool:
 def dead_tap_crops(model: nn.Module, input_shape: tuple[int, int, int]) -> dict[str, dict]:
     """Per conv of ``model`` with dead border taps at ``input_shape`` (C, H, W; one forward pass of zeros):
     {"offset": [first row, first column kept], "kernel": [kh, kw], "padding": [ph, pw]}."""
-
     sizes, hooks = {}, []
 
     def record(name):
@@ -108,8 +107,8 @@ def cropped_conv(conv: nn.Conv2d, crop: dict) -> nn.Conv2d:
 
 def crop_dead_taps_(model: nn.Module, crops: dict[str, dict]) -> list[str]:
     """Swap each conv named in ``crops`` for its cropped copy, in place (torchao style); returns the names."""
-
     return swap_modules(model, lambda m, n: n in crops, lambda m, n: cropped_conv(m, crops[n]))
+
 
 ap = argparse.ArgumentParser()
 ap.add_argument("suspects", nargs="+")

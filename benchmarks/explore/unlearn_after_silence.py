@@ -21,7 +21,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from case import Case  # noqa: E402
 from edgeclean.load import input_model  # noqa: E402
-from edgeclean.unlearn import PatchConfig, moved_rate, patch_head, success_rate, unlearn_stage  # noqa: E402
+from edgeclean.unlearn import PatchConfig, moved_rate, success_rate, unlearn_stage  # noqa: E402
 
 ap = argparse.ArgumentParser()
 ap.add_argument("suspects", nargs="+")
@@ -32,22 +32,16 @@ torch.set_num_threads(1)
 
 for path in args.suspects:
     case = Case(path, n_test=args.n_test)
-    images = case.images(512)
     config = replace(PatchConfig(), plans=(("channels",),))
-    teacher = copy.deepcopy(case.model).eval()
-    net = input_model(teacher, case.spec).eval()
-    res = patch_head(net, teacher, images, case.target, config)
+    patched = case.patched(config)
+    teacher, net, res = patched.teacher, patched.net, patched.result
     check, triggers = res.check, res.used
-    train = torch.cat([images[: config.n_reverse], images[config.n_reverse + config.n_check:]])
-    with torch.no_grad():
-        base = input_model(case.model, case.spec).eval()(check).argmax(1)
 
     def line(what: str, n) -> None:
         with torch.no_grad():
             after = max(success_rate(n, check, t) for t in triggers)
-            kept = float((n(check).argmax(1) == base)[base != case.target].float().mean())
         print(case.path.stem, what, f"success {after:.3f} moved {moved_rate(n, check, triggers):.3f} unchanged "
-              f"{kept:.3f}", case.real_line(n), flush=True)
+              f"{patched.unchanged(n):.3f}", case.real_line(n), flush=True)
 
     print(case.path.stem, "plan", res.plan, "channels", len(res.channels), "triggers",
           [(t["kind"], t["success_held_out"], t["used"]) for t in res.triggers], flush=True)
@@ -56,5 +50,5 @@ for path in args.suspects:
         student = copy.deepcopy(teacher)
         snet = input_model(student, case.spec).eval()
         cfg = replace(config, unlearn_below=0.0, unlearn_steps=steps, unlearn_check=steps)
-        unlearn_stage(snet, student, train, check, triggers, cfg, keep_silenced=res.channels)
+        unlearn_stage(snet, student, patched.train, check, triggers, cfg, keep_silenced=res.channels)
         line(f"channels, then unlearn {steps} steps", snet)

@@ -12,7 +12,6 @@ triggers' held-out success before and after, the predictions unchanged on the he
 synthetic images as in ``patch_teacher.py``.
 """
 import argparse
-import copy
 import os
 import sys
 from dataclasses import replace
@@ -21,8 +20,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from case import Case  # noqa: E402
-from edgeclean.load import input_model  # noqa: E402
-from edgeclean.unlearn import PatchConfig, patch_head, reverse_trigger, success_rate, unlearn_stage  # noqa: E402
+from edgeclean.unlearn import PatchConfig, reverse_trigger, success_rate, unlearn_stage  # noqa: E402
 
 ap = argparse.ArgumentParser()
 ap.add_argument("suspects", nargs="+")
@@ -34,30 +32,19 @@ torch.set_num_threads(1)
 
 for path in args.suspects:
     case = Case(path, n_test=args.n_test)
-    images = case.images(512)
     config = replace(PatchConfig(), plans=(("channels", "unlearn"),), channels_unlearn_below=args.below)
-    teacher = copy.deepcopy(case.model).eval()
-    net = input_model(teacher, case.spec).eval()
-    res = patch_head(net, teacher, images, case.target, config)
-    fit, check = images[: config.n_reverse], res.check
-    train = torch.cat([fit, images[config.n_reverse + config.n_check:]])
-    with torch.no_grad():
-        base = input_model(case.model, case.spec).eval()(check).argmax(1)
-
-    def kept() -> float:
-        with torch.no_grad():
-            return float((net(check).argmax(1) == base)[base != case.target].float().mean())
-
+    patched = case.patched(config)
+    teacher, net, res, fit, check = patched.teacher, patched.net, patched.result, patched.fit, patched.result.check
     print(case.path.stem, "round 0: plan", res.plan, "channels", len(res.channels), "success after",
-          res.success_after, f"unchanged {kept():.3f}", case.real_line(net), flush=True)
+          res.success_after, f"unchanged {patched.unchanged(net):.3f}", case.real_line(net), flush=True)
     triggers = list(res.used)
     for r in range(1, args.rounds + 1):
         fresh = [reverse_trigger(net, fit, case.target, kind, config) for kind in config.kinds]
         with torch.no_grad():
             before = [round(success_rate(net, check, t), 3) for t in fresh]
         triggers += fresh
-        after = unlearn_stage(net, teacher, train, check, triggers, config, keep_silenced=res.channels)
+        after = unlearn_stage(net, teacher, patched.train, check, triggers, config, keep_silenced=res.channels)
         with torch.no_grad():
             fresh_after = [round(success_rate(net, check, t), 3) for t in fresh]
         print(case.path.stem, f"round {r}: fresh triggers {list(zip(config.kinds, before))} -> {fresh_after}, "
-              f"all triggers after {after:.3f}, unchanged {kept():.3f}", case.real_line(net), flush=True)
+              f"all triggers after {after:.3f}, unchanged {patched.unchanged(net):.3f}", case.real_line(net), flush=True)
