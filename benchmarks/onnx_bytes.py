@@ -31,6 +31,11 @@ from edgeclean.load import ModelSpec  # noqa: E402
 from edgeclean.zoo import create_model  # noqa: E402
 
 
+def per_element(counts: dict, prec: str) -> float:
+    """The bytes of the items whose cost is fixed (4 or 1 bytes an element), not fitted."""
+    return sum(COST[prec][k] * counts.get(k, 0) for k in ("weight", "head_weight", "float_param"))
+
+
 def export(model: nn.Module, shape, path: str) -> None:
     """The fp32 artifact exactly as the export stage writes it (BN folded, onnxsim, short names)."""
     spec = ModelSpec(arch="zoo", input_shape=tuple(shape))
@@ -254,13 +259,11 @@ def main():
         for prec, data in rows.items():
             keys = ["channel", "inner", "tensor", "fixed"]
             a = np.array([[c[k] for k in keys] for c, _ in data], dtype=float)
-            b = np.array([real - COST[prec]["weight"] * c["weight"] - COST[prec]["head_weight"] * c["head_weight"]
-                          for c, real in data], dtype=float)
+            b = np.array([real - per_element(c, prec) for c, real in data], dtype=float)
             w = 1.0 / np.array([real for _, real in data], dtype=float)  # fit relative error
             sol, *_ = np.linalg.lstsq(a * w[:, None], b * w, rcond=None)
             print(prec, "fit:", {k: round(float(v), 1) for k, v in zip(keys, sol)})
-            fitted = a @ sol + np.array([COST[prec]["weight"] * c["weight"] + COST[prec]["head_weight"] * c["head_weight"]
-                                         for c, _ in data], dtype=float)
+            fitted = a @ sol + np.array([per_element(c, prec) for c, _ in data], dtype=float)
             errs = [f"{100 * (e - real) / real:+.1f}%" for e, (_, real) in zip(fitted, data)]
             print(prec, "errors with the fitted constants:", " ".join(errs))
             # the same fit with no negative cost (a negative fixed or per-rank cost makes small models
