@@ -116,6 +116,12 @@ GRATING_THRESHOLD = 0.36
 # discounted; a trigger's class is reached by its own grating only (median <= 0.08). 2 was chosen
 # on the suite (1: the sink stays at 0.43, over SIG's 0.44; 3: SIG falls to 0.41).
 GRATING_BASELINE = 2.0
+# Without BatchNorm the images come from class-balanced model inversion (``synth``): confident by construction
+# (mean top softmax 0.99 on a GroupNorm net), so the softmax ratio is 1 and an L-inf 0.1 perturbation moves none
+# of them (every class's universal success = its own share). A larger radius and more steps do move them, and the
+# backdoor's class first: the universal gap at L-inf 0.2, 20 steps is the verdict for such nets, on this line.
+# Measured on few nets (benchmarks/unseen/scan_nobn.py, CC_NOTES 32): calibrated far less than the BN evidence.
+NO_BN_GAP_THRESHOLD = 0.25
 
 
 @dataclass
@@ -142,6 +148,10 @@ class ScanConfig:
     # 5 PGD steps (not 10): the verdict does not use them, C&C fine-tunes on the result (time: bench_scan.py)
     probe: ProbeConfig = field(default_factory=lambda: ProbeConfig(steps=5))
     universal: UniversalConfig | None = field(default_factory=UniversalConfig)  # None: softmax ratio only
+    # the same probe on a net without BatchNorm, where it is the only evidence (NO_BN_GAP_THRESHOLD); None: such a
+    # net gets no verdict (inconclusive)
+    universal_no_bn: UniversalConfig | None = field(default_factory=lambda: UniversalConfig(eps=0.2, steps=20))
+    no_bn_gap_threshold: float = NO_BN_GAP_THRESHOLD
     ratio_threshold: float = RATIO_THRESHOLD
     gap_threshold: float = GAP_THRESHOLD
     collapse_share: float = COLLAPSE_SHARE
@@ -159,7 +169,7 @@ class ScanConfig:
 @dataclass
 class ScanResult:
     suspected: bool
-    basis: str  # what the score measures: "concentration", or the flip index for models without BN
+    basis: str  # the evidence behind the score (softmax ratio, universal gap, grating gap; see _scan)
     target_class: int | None  # the most predicted class (reported even when not suspected)
     score: float
     threshold: float
@@ -357,8 +367,8 @@ def _scan(model: nn.Module, spec, config: ScanConfig, callback) -> ScanResult:
     trig = trigger_probe(model, spec, images, config.trigger) if config.trigger is not None else None
     t3 = time.perf_counter()
     uni = None
-    if config.universal is not None:
-        u = config.universal
+    u = config.universal if stats.method == "bn-stats" else config.universal_no_bn
+    if u is not None:
         with frozen_eval(model):
             _, success = universal_perturbation(net, images[:u.images], list(range(spec.num_classes)), u.eps, u.steps, u.norm)
         uni = success.tolist()
@@ -377,8 +387,6 @@ def _scan(model: nn.Module, spec, config: ScanConfig, callback) -> ScanResult:
     flip = flip_index(flips, clean_counts)
     conc = concentration_index(clean_counts)
     trigger = low_outlier_index(trig.mask_l1) if trig is not None else None
-    # Without BatchNorm the images come from class-balanced inversion: their predictions are even
-    # by construction, so only the flip evidence is left (uncalibrated; said in ``basis``).
     gap = universal_gap(uni) if uni is not None else None
     ggap = grating_gap(grat.shares, grat.median_shares, config.grating_baseline) if grat is not None else None
     pgap = universal_gap(patch.shares) if patch is not None else None
@@ -395,8 +403,14 @@ def _scan(model: nn.Module, spec, config: ScanConfig, callback) -> ScanResult:
         target, score, which = combine(ratio, gap, config.threshold, config.ratio_threshold, config.gap_threshold,
                                        ggap, config.grating_threshold)
         basis = which
+    elif gap is not None:
+        # no BatchNorm: the inversion images' predictions are even by construction (no ratio), and the flip index
+        # flagged a clean GroupNorm net (9.4) on the class its flips pile into; the wider universal gap is left
+        target, score = gap[0], gap[1] * config.threshold / config.no_bn_gap_threshold
+        basis = f"universal gap at L-inf {u.eps:g} (no BatchNorm: model-inversion images, few nets measured)"
     else:
-        target, score, basis = *flip, "flip-index (no BatchNorm; uncalibrated)"
+        target, score, inconclusive = None, 0.0, True
+        basis = "inconclusive: no BatchNorm statistics and no universal probe (ScanConfig.universal_no_bn)"
     synthesis = {**stats.to_dict(), "prediction_spread": round(prediction_spread(clean_counts), 4),
                  "classes_predicted": sum(1 for c in clean_counts if c)}
     return ScanResult(
