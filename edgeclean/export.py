@@ -13,6 +13,7 @@ classifier left float; ``Int8Config``) with onnxruntime's tools, calibrated on s
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 import tempfile
@@ -935,6 +936,24 @@ def _quantize_weights_only(model_proto, node_names) -> list[str]:
     return done
 
 
+@contextlib.contextmanager
+def _quiet_axis_warnings():
+    """Drop onnxruntime's root-logger line "Axis 1 is out-of-range for weight ... with rank 1" while quantising: it
+    is said of every rank-1 weight (a GroupNorm's scale after its InstanceNormalization), which then gets one
+    scale, as it should; printed on the user's console it reads like a failure."""
+    import logging
+
+    def keep(record) -> bool:
+        return "is out-of-range for weight" not in record.getMessage()
+
+    root = logging.getLogger()
+    root.addFilter(keep)
+    try:
+        yield
+    finally:
+        root.removeFilter(keep)
+
+
 def quantize_int8(fp32_path: Path, out_path: Path, calib: np.ndarray, config: Int8Config | None = None) -> dict:
     """Static QDQ quantisation: int8 activations and int8 weights (S8S8; ``config.activation_type`` /
     ``weight_type`` can make either uint8), per channel unless
@@ -1003,12 +1022,14 @@ def quantize_int8(fp32_path: Path, out_path: Path, calib: np.ndarray, config: In
         # its rank-1 parameters have no output-channel axis to quantise per channel.
         op_types = sorted({n.op_type for n in nodes} - {"BatchNormalization"})
         exclude, extra = _quant_options(nodes, {t.name: t for t in graph.initializer}, cfg, graph.output[0].name)
-        quantize_static(
-            str(pre), str(out_path), Reader(calib, name, cfg.calibration_batch), quant_format=QuantFormat.QDQ,
-            activation_type=types[cfg.activation_type], weight_type=types[cfg.weight_type],
-            per_channel=not _any_per_tensor(cfg), reduce_range=reduce_range, calibrate_method=methods[cfg.calibrate_method],
-            op_types_to_quantize=op_types, nodes_to_exclude=exclude, extra_options=extra,
-        )
+        with _quiet_axis_warnings():
+            quantize_static(
+                str(pre), str(out_path), Reader(calib, name, cfg.calibration_batch), quant_format=QuantFormat.QDQ,
+                activation_type=types[cfg.activation_type], weight_type=types[cfg.weight_type],
+                per_channel=not _any_per_tensor(cfg), reduce_range=reduce_range,
+                calibrate_method=methods[cfg.calibrate_method],
+                op_types_to_quantize=op_types, nodes_to_exclude=exclude, extra_options=extra,
+            )
     finally:
         pre.unlink(missing_ok=True)
         eq.unlink(missing_ok=True)
