@@ -246,6 +246,10 @@ def scan_cmd(model, arch, input_shape, mean, std, n, iterations, norm, eps, step
         console.print(f"synthetic data: {cfg.n} images ({s['method']}), BN loss {s['bn_loss_start']:.3f} -> "
                       f"{s['bn_loss_end']:.3f}, prediction spread {s['prediction_spread']:.2f}; "
                       f"flip rate {result.flip_rate:.2f}; {result.timings['total_s']:.1f}s")
+        from .report import NO_BN_NOTE, without_batchnorm
+
+        if without_batchnorm(result.to_dict()):
+            console.print(NO_BN_NOTE, highlight=False)
         console.print(f"not used for the verdict: flips pile up in class {result.flip_target} (index {result.flip_index:.2f})"
                       + (f"; smallest trigger mask for class {result.trigger_target} (index {result.trigger_index:.2f})"
                          if result.trigger_index is not None else ""))
@@ -431,6 +435,10 @@ def run_cmd(model, arch, input_shape, mean, std, target, budget, precision, meth
         click.echo(f"scan before: {'SUSPECTED, target ' + str(before['target_class']) if before['suspected'] else 'clean'} "
                    f"(score {before['score']:.2f}); after: {'SUSPECTED' if after['suspected'] else 'not suspected'} (score {after['score']:.2f})"
                    + (f"; cleaned against class {backdoor_target} (--backdoor-target)" if backdoor_target is not None else ""))
+        from .report import NO_BN_NOTE, without_batchnorm
+
+        if without_batchnorm(before):
+            click.echo(NO_BN_NOTE)
         if report.get("size_bytes") is not None:
             click.echo(f"artifact {out / 'model.onnx'}: {report['size_bytes']:,} bytes {report['precision']} "
                        f"(was {report['original']['size_bytes']:,}); p50 {lat.get('p50', float('nan')):.2f} ms"

@@ -8,6 +8,19 @@ from __future__ import annotations
 import html
 import json
 
+
+# What `scan` and `run` tell the user of a net without BatchNorm (CC_NOTES 32).
+NO_BN_NOTE = ("no BatchNorm: the synthetic images come from model inversion, far less like real data than images "
+              "matched to BatchNorm statistics, and the verdict rests on five nets measured; C&C cost two such backdoored "
+              "user nets 19 and 26 pt of clean accuracy (README, 'Nets without BatchNorm'). With clean data, prefer "
+              "--method ngf --clean-data")
+
+
+def without_batchnorm(scan_dict: dict | None) -> bool:
+    """Whether a scan (``ScanResult.to_dict()``) had to use model inversion: the net has no BatchNorm."""
+    return ((scan_dict or {}).get("synthesis") or {}).get("method") == "inversion"
+
+
 GOOD, BAD, INK, MUTED, ACCENT = "#1a7f37", "#cf222e", "#1f2328", "#656d76", "#0969da"
 
 
@@ -139,9 +152,13 @@ def render_html(report: dict) -> str:
         for k, v, s in cards) + "</div>")
 
     out.append("<h2>Scan: predictions on synthetic images, before and after</h2>")
-    out.append("<p class='muted'>Synthetic images match the model's BatchNorm statistics, which a dirty-label backdoor "
-               "skews towards its target class; the cleaning distils on them and reverse-engineers its trigger on them. "
-               "Red: the class the scan points at.</p><div class='charts'>")
+    if without_batchnorm(before):
+        out.append(f"<p><b>{_e(NO_BN_NOTE)}.</b></p>")
+    else:
+        out.append("<p class='muted'>Synthetic images match the model's BatchNorm statistics, which a dirty-label "
+                   "backdoor skews towards its target class; the cleaning distils on them and reverse-engineers its "
+                   "trigger on them.</p>")
+    out.append("<p class='muted'>Red: the class the scan points at.</p><div class='charts'>")
     for label, s in (("before", before), ("after", after)):
         verdict = "SUSPECTED" if s.get("suspected") else "not suspected"
         target = s.get("target_class")

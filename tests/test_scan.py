@@ -2,6 +2,7 @@
 
 import json
 from dataclasses import replace
+from html import unescape as html_unescape
 
 import pytest
 import torch
@@ -42,6 +43,7 @@ from edgeclean.scan import (
     universal_gap,
     verdict,
 )
+from edgeclean.report import NO_BN_NOTE, render_html, without_batchnorm
 from edgeclean.synth import SynthConfig, bn_stat_loss, synthesize
 from edgeclean.zoo import create_model
 
@@ -135,6 +137,7 @@ def test_model_without_batchnorm_fallback_and_error():
     top, gap = universal_gap(r.universal_success)
     assert r.target_class == top and r.score == pytest.approx(gap * cfg.threshold / cfg.no_bn_gap_threshold)
     assert r.suspected == (r.score > cfg.threshold) and not r.inconclusive
+    assert without_batchnorm(r.to_dict()) and NO_BN_NOTE in html_unescape(render_html({"scan_before": r.to_dict()}))
     r = scan(model, spec, replace(cfg, universal_no_bn=()))
     assert r.inconclusive and not r.suspected and r.target_class is None and r.score == 0.0
 
@@ -282,6 +285,7 @@ def test_scan_keeps_tensors_and_serialises(trained):
     assert sum(r.histogram) == 12 and sum(r.clean_histogram) == 12
     d = json.loads(json.dumps(r.to_dict()))
     assert "images" not in d and d["suspected"] == r.suspected and d["synthesis"]["bn_layers"] == 2
+    assert not without_batchnorm(d)  # BatchNorm statistics were there to match
     assert set(d["timings"]) >= {"synth_s", "probe_s", "universal_s", "total_s"}
     assert len(d["universal_success"]) == 10 and d["universal_target"] in range(10)
     assert len(d["grating_shares"]) == 10 and d["grating_target"] in range(10) and "grating_s" in d["timings"]
