@@ -82,10 +82,6 @@ class NGFConfig:
     # Labels for the gradient factor: "sampled" from the model (true Fisher, the reference) or
     # "empirical" (the data labels; deterministic, used by the tests).
     fisher_labels: str = "sampled"
-    # inputs of the layer (Linear features / conv input channels) whose weights stay as they start: C&C's patch
-    # may have cut the head inputs that carry the trigger, and fine-tuning the head on clean data brought them back
-    # (a GroupNorm user net: ASR 0.0 after C&C, 71.8 % after cc+ngf; CC_NOTES 32 (i))
-    frozen_inputs: tuple[int, ...] = ()
     seed: int = 0
 
 
@@ -125,15 +121,6 @@ def split_matrix(layer: nn.Module, mat: torch.Tensor) -> tuple[torch.Tensor, tor
     if layer.bias is not None:
         return mat[:, :-1].reshape(layer.weight.shape), mat[:, -1]
     return mat.reshape(layer.weight.shape), None
-
-
-def input_columns(layer: nn.Module, inputs) -> torch.Tensor:
-    """The columns of ``weight_matrix(layer)`` that read the given input features / channels."""
-    per_input = layer.weight[0, 0].numel() if isinstance(layer, nn.Conv2d) else 1
-    if isinstance(layer, nn.Conv2d) and layer.groups != 1:
-        raise UserError("NGF frozen_inputs needs an ungrouped layer")
-    idx = torch.as_tensor(list(inputs), dtype=torch.long)
-    return (idx[:, None] * per_input + torch.arange(per_input)).reshape(-1)
 
 
 def layer_patches(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -415,7 +402,6 @@ def _optimise(runner: _LayerRunner, layer: nn.Module, params: list, y: torch.Ten
     acc0, loss0 = _accuracy(runner, y)
     state = KFACState(config)
     buf = torch.zeros_like(theta0)
-    frozen = input_columns(layer, config.frozen_inputs) if config.frozen_inputs else None
     order, pos, nus = torch.randperm(len(y), generator=gen), 0, []
     for step in range(config.iterations):
         if pos + config.batch_size > len(y) and pos > 0:  # new epoch, fresh shuffle
@@ -441,8 +427,6 @@ def _optimise(runner: _LayerRunner, layer: nn.Module, params: list, y: torch.Ten
             nu = kl_scale(update, mat, lr, config.kl_clip)
             nus.append(nu)
             buf.mul_(config.momentum).add_(update, alpha=nu)
-            if frozen is not None:  # the preconditioner mixes columns, so the held ones are reset after it
-                buf[:, frozen] = 0
             w, b = split_matrix(layer, theta - lr * buf)
             layer.weight.copy_(w)
             if b is not None:

@@ -213,23 +213,14 @@ def _clean(model, spec, config: RunConfig, budget_bytes, precision, scan_result,
                                      scale=method in ("cc", "cc+ngf"))
         info.update(cc_report)
     if method == "cc+ngf":
-        model, info["ngf"] = _ngf(model, spec, config, scan_result, stages, cut=_head_cut(info))
+        model, info["ngf"] = _ngf(model, spec, config, scan_result, stages)
     return model, info
 
 
-def _head_cut(cc_info: dict) -> tuple[str | None, tuple[int, ...]]:
-    """(head layer, its inputs) that C&C's teacher patch cut, if its plan cut any."""
-    patch = (cc_info.get("cc") or {}).get("patch") or {}
-    return patch.get("head"), tuple(patch.get("units") or ()) if "head" in (patch.get("plan") or "") else ()
-
-
-def _ngf(model, spec, config: RunConfig, scan_result, stages: Stages, cut=(None, ())):
-    from .ngf import NGFConfig, find_layer, ngf_finetune
+def _ngf(model, spec, config: RunConfig, scan_result, stages: Stages):
+    from .ngf import NGFConfig, ngf_finetune
 
     cfg = config.extra.get("ngf") or NGFConfig(seed=config.seed, layer=config.ngf_layer)
-    head, units = cut
-    if units and find_layer(model, spec, cfg.layer)[0] == head:
-        cfg = replace(cfg, frozen_inputs=units)  # keep the patch's head cut (NGFConfig.frozen_inputs)
     data, source = _ngf_data(config, spec, scan_result)
     with stages("ngf"):
         model, report = ngf_finetune(model, spec, data, cfg)

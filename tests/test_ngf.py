@@ -150,19 +150,6 @@ def test_only_the_chosen_layer_changes(layer):
     assert model.training and flags == {n: p.requires_grad for n, p in model.named_parameters()}
 
 
-@pytest.mark.parametrize("layer", [None, "conv2"])
-def test_frozen_inputs_keep_their_weights(layer):
-    """The head inputs C&C's patch cut stay as they were (NGFConfig.frozen_inputs); the others move."""
-    model, (x, y) = tiny(), data()
-    cfg = NGFConfig(layer=layer, iterations=12, batch_size=16, cov_every=2, eigen_every=5, frozen_inputs=(1, 3))
-    name = ngf_finetune(clone_model(model), SPEC, (x, y), dataclasses.replace(cfg, frozen_inputs=()))[1].layer
-    w0 = dict(model.named_modules())[name].weight.detach().clone()
-    tuned, _ = ngf_finetune(model, SPEC, (x, y), cfg)
-    w1 = dict(tuned.named_modules())[name].weight.detach()
-    assert torch.equal(w1[:, [1, 3]], w0[:, [1, 3]])
-    assert not torch.equal(w1[:, [0, 2]], w0[:, [0, 2]])
-
-
 def fisher_distance(model0, model1, x, y):
     """sum_i F_i (theta_i - theta0_i)^2 on the head, F the empirical diagonal Fisher at model0."""
     feats = _head_inputs(model0, x)
