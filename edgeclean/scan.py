@@ -29,6 +29,9 @@
    If more than half of the synthetic images fall in one class the verdict is ``inconclusive``
    (not suspected, said in ``basis``): no plausible poisoning ratio does that, a broken network
    whose BN statistics no longer fit its weights does.
+6. A net without BatchNorm gets model-inversion images (``synth``), whose predictions are even by construction, so
+   steps 2 and 4 do not apply: it is judged by the larger universal gap at L-inf 0.1 and 0.2, on 64 images
+   (``ScanConfig.universal_no_bn``, ``NO_BN_GAP_THRESHOLD``), measured on five nets only (CC_NOTES 32).
 
 Measured (benchmarks/calibrate_scan.py, results/scan_calibration_seed{0,1,2}.json): on the
 harness suite every backdoor is flagged with the right target on 3 seeds: dirty-label (BadNets,
@@ -412,7 +415,7 @@ def _scan(model: nn.Module, spec, config: ScanConfig, callback) -> ScanResult:
         basis = which
     elif gap is not None:
         # no BatchNorm: the inversion images' predictions are even by construction (no ratio), and the flip index
-        # flagged a clean GroupNorm net (9.4) on the class its flips pile into; the wider universal gap is left
+        # flagged a clean GroupNorm net (9.4) on the class its flips pile into; the larger gap of the two radii decides
         target, score = gap[0], gap[1] * config.threshold / config.no_bn_gap_threshold
         basis = f"universal gap at L-inf {u.eps:g} (no BatchNorm: model-inversion images, few nets measured)"
     else:
