@@ -188,7 +188,7 @@ def evaluate_cmd(model, arch, input_shape, mean, std, dataset, attack, attack_ta
 @main.command("scan")
 @click.argument("model", type=click.Path(dir_okay=False))
 @model_options
-@click.option("--n", "n", type=click.IntRange(2, 100000), default=None, help="Synthetic images (default 128).")
+@click.option("--n", "n", type=click.IntRange(2, 100000), default=None, help="Synthetic images (default 256).")
 @click.option("--iterations", type=click.IntRange(1, 100000), default=None, help="Synthesis iterations per batch.")
 @click.option("--norm", type=click.Choice(["linf", "l2"]), default=None, help="PGD ball (default linf).")
 @click.option("--eps", type=click.FloatRange(0, None, min_open=True), default=None, help="PGD radius in [0,1] pixel units.")
@@ -201,7 +201,7 @@ def evaluate_cmd(model, arch, input_shape, mean, std, dataset, attack, attack_ta
 def scan_cmd(model, arch, input_shape, mean, std, n, iterations, norm, eps, steps, threshold, seed, threads, as_json):
     """Say whether MODEL looks backdoored and which class it targets, using no data.
 
-    Exit code 0: looks clean; 1: suspected; 2: bad input.
+    Exit code 0: looks clean; 1: suspected, or inconclusive (nothing to judge: as run's backdoor gate); 2: bad input.
     """
     from dataclasses import replace
 
@@ -259,7 +259,7 @@ def scan_cmd(model, arch, input_shape, mean, std, n, iterations, norm, eps, step
             table.add_row(str(row["class"]), str(row["clean"]), str(adv), str(row["flips_into"]),
                           str(row["first_flips_into"]), norm_text)
         console.print(table)
-    sys.exit(1 if result.suspected else 0)
+    sys.exit(1 if result.suspected or result.inconclusive else 0)
 
 
 # --------------------------------------------------------------------------- export / bench

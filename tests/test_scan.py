@@ -321,6 +321,14 @@ def test_cli_exit_codes(tmp_path, trained, cli):
     assert "SUSPECTED" in flagged.stdout and "score" in flagged.stdout and "--backdoor-target" not in flagged.stdout
     text = cli("scan", path, *fast[:-1], "--threshold", "1000")  # a clean verdict says it can be wrong, and what to do
     assert text.returncode == 0 and "--backdoor-target CLASS" in text.stdout, text.stdout
+    with torch.no_grad():  # a head bias that swamps every logit: the predictions collapse, nothing to judge
+        collapsed = create_model("tiny_cnn", num_classes=10, in_channels=1, width=2.0)
+        collapsed.load_state_dict(trained.state_dict())
+        [m for m in collapsed.modules() if isinstance(m, nn.Linear)][-1].bias[3] = 1e3
+    torch.save(collapsed.state_dict(), tmp_path / "collapsed.pt")
+    (tmp_path / "collapsed.json").write_text((tmp_path / "tiny.json").read_text())
+    judged = cli("scan", tmp_path / "collapsed.pt", *fast)
+    assert judged.returncode == 1 and json.loads(judged.stdout)["inconclusive"], judged.stdout[-500:]
     missing = cli("scan", tmp_path / "nope.pt")
     assert missing.returncode == 2 and "Traceback" not in missing.stderr and "no such file" in missing.stderr
 
