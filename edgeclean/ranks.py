@@ -104,6 +104,7 @@ def model_counts(model, float_layers=None) -> dict:
     from torch import nn
 
     from .factorize import FactorizedConv
+    from .synth import BN_TYPES
 
     total = {"weight": 0, "head_weight": 0, "float_param": 0, "channel": 0, "inner": 0, "tensor": 0, "fixed": 1}
 
@@ -128,7 +129,7 @@ def model_counts(model, float_layers=None) -> dict:
         elif isinstance(m, nn.Linear):
             kind = "head_weight" if name in float_layers else "weight"
             add({kind: m.weight.numel(), "channel": m.out_features, "tensor": 1})
-        elif not isinstance(m, (nn.Conv2d, nn.modules.batchnorm._BatchNorm)) and name not in inside:
+        elif not isinstance(m, (nn.Conv2d, *BN_TYPES)):
             # e.g. GroupNorm: nothing to fold it into, so its weights ship as they are (a GroupNorm net's fp32 file
             # came out 0.7 % over its budget before these were counted)
             own = sum(p.numel() for p in m.parameters(recurse=False))
