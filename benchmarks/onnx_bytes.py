@@ -7,6 +7,7 @@ QDQ S8S8, per-channel weights, float biases, compacted), and prints the real fil
 
     OMP_NUM_THREADS=1 /work/venv/bin/python benchmarks/onnx_bytes.py [--fit]
     /work/venv/bin/python benchmarks/onnx_bytes.py --breakdown model.onnx model.fp32.onnx  # where int8 bytes go
+    /work/venv/bin/python benchmarks/onnx_bytes.py --estimate model.pt [model.onnx]  # the estimate of a checkpoint
     OMP_NUM_THREADS=1 /work/venv/bin/python benchmarks/onnx_bytes.py --ratios benchmarks/results/int8_ratio.json
 """
 
@@ -213,6 +214,15 @@ def main():
 
         i = sys.argv.index("--breakdown")
         print(json.dumps(int8_breakdown(*sys.argv[i + 1:i + 3]), indent=2))
+        return
+    if "--estimate" in sys.argv:  # --estimate CHECKPOINT [ONNX]: ranks.estimate_bytes of a model next to a real file
+        from edgeclean.load import load_suspect
+
+        i = sys.argv.index("--estimate")
+        model, _ = load_suspect(sys.argv[i + 1])
+        real = f", real file {os.path.getsize(sys.argv[i + 2]):,} B" if len(sys.argv) > i + 2 else ""
+        print(f"{sys.argv[i + 1]}: estimate fp32 {estimate_bytes(model, 'fp32'):,} B, int8 "
+              f"{estimate_bytes(model, 'int8'):,} B{real}")
         return
     if "--ratios" in sys.argv:  # --ratios [OUT.json]
         torch.set_num_threads(1)
