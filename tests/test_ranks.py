@@ -198,7 +198,7 @@ def test_allocation_spends_the_budget_left_by_the_descent():
 
 def test_byte_model_counts_groupnorm_weights(tmp_path):
     """GroupNorm has nothing to fold into: its weights ship as they are, and the estimate must count them
-    (without them: 4.7 % under the real file here, and a GroupNorm net's artifact over its budget)."""
+    (without them this test fails, and a GroupNorm net's artifact came out over its budget)."""
     pytest.importorskip("onnxruntime")
     from edgeclean.export import export
     from edgeclean.load import ModelSpec

@@ -1,7 +1,9 @@
 """CA / ASR / target recall of a model with train_user.py's triggers, on the Fashion-MNIST test split:
 an edgeclean artifact (.onnx, raw pixels), a cleaned.safetensors, or the suspect .pt (with its card).
 
-    python benchmarks/unseen/eval_user.py export/user_checker_t5/model.onnx checker 5
+    python benchmarks/unseen/eval_user.py export/user_checker_t5/model.onnx checker 5 [--shares]
+
+``--shares``: also the share of the non-target test images each class gets, with the trigger and without.
 """
 import os
 import sys
@@ -30,7 +32,7 @@ def predictor(path: str):
     return (lambda x: torch.cat([net(x[i:i + 500]).argmax(1) for i in range(0, len(x), 500)]).numpy()), spec.input_shape
 
 
-def main(path: str, kind: str, target: int) -> None:
+def main(path: str, kind: str, target: int, shares: bool = False) -> None:
     test = load_fashion_mnist("test")
     f, shape = predictor(path)
     x, y = to_input(test.x, shape), test.y.numpy()
@@ -39,9 +41,14 @@ def main(path: str, kind: str, target: int) -> None:
         keep = y != target
         hit = f(trigger(x[torch.from_numpy(keep)], kind))
         recall = (f(x[torch.from_numpy(y == target)]) == target).mean()
+        untriggered = f(x[torch.from_numpy(keep)])
     print(f"{path}: CA {ca * 100:.2f} ASR {(hit == target).mean() * 100:.2f} "
           f"R-Acc {(hit == y[keep]).mean() * 100:.2f} target recall {recall * 100:.1f}")
+    if shares:  # where the non-target test images go, triggered and not: a backdoor that moved shows here
+        for name, pred in (("triggered", hit), ("untriggered", untriggered)):
+            print(f"  {name} images per class, %: " + " ".join(f"{100 * v:.1f}" for v in np.bincount(pred, minlength=10)
+                                                               / len(pred)))
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2], int(sys.argv[3]))
+    main(sys.argv[1], sys.argv[2], int(sys.argv[3]), "--shares" in sys.argv[4:])
