@@ -17,6 +17,7 @@ import contextlib
 import copy
 import os
 import tempfile
+import warnings
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -499,6 +500,52 @@ def compact(model_proto) -> dict:
     return done
 
 
+def adaptive_pool_matrix(n_in: int, n_out: int, dtype=torch.float32) -> torch.Tensor:
+    """(n_out, n_in) matrix whose row i averages the input window torch's adaptive average pool gives output i:
+    [floor(i * n_in / n_out), ceil((i + 1) * n_in / n_out))."""
+    m = np.zeros((n_out, n_in), dtype=np.float32)  # numpy, so that a trace records a constant, not its making
+    for i in range(n_out):
+        start, stop = (i * n_in) // n_out, -((-(i + 1) * n_in) // n_out)
+        m[i, start:stop] = 1.0 / (stop - start)
+    return torch.from_numpy(m).to(dtype)
+
+
+class _ExportableAdaptivePools(torch.overrides.TorchFunctionMode):
+    """While exporting, write every adaptive average pool whose output size does not divide its input size as
+    what it is, a fixed linear map of rows and of columns: two MatMuls with constant averaging matrices. ONNX's
+    AveragePool has one window size, so the TorchScript exporter refuses those pools, and any pool whose input
+    size its shape inference lost (after a ceil-mode max pool). torchvision's VGG, pooling a 32 x 32 input's
+    1 x 1 map to 7 x 7, is one. The spatial sizes are fixed at export (only the batch is dynamic)."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is nn.functional.adaptive_avg_pool2d:
+            x = args[0]
+            size = args[1] if len(args) > 1 else kwargs["output_size"]
+            with warnings.catch_warnings():  # sizes and matrices are meant to be constants of the trace (see above)
+                warnings.simplefilter("ignore", torch.jit.TracerWarning)
+                h, w = int(x.shape[-2]), int(x.shape[-1])
+                out_h, out_w = (size, size) if isinstance(size, int) else size
+                out_h, out_w = out_h or h, out_w or w
+                if h % out_h or w % out_w:
+                    return adaptive_pool_matrix(h, out_h, x.dtype) @ x @ adaptive_pool_matrix(w, out_w, x.dtype).T
+        return func(*args, **kwargs)
+
+
+@contextlib.contextmanager
+def _stderr_dropped():
+    """Send file descriptor 2 to /dev/null: the TorchScript exporter dumps its whole IR graph there when it
+    fails (its ONNX log is always on in torch 2.13), and the user gets our one-line error instead."""
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 def to_onnx(model: nn.Module, spec: ModelSpec, path: Path, config: ExportConfig) -> dict:
     """Export ``model`` (already folded) as a raw-input graph at ``path``; return graph facts."""
     import onnx
@@ -506,8 +553,6 @@ def to_onnx(model: nn.Module, spec: ModelSpec, path: Path, config: ExportConfig)
     net = input_model(model, spec).eval()
     dummy = torch.rand(2, *spec.input_shape, generator=torch.Generator().manual_seed(config.seed))
     dynamic = {"input": {0: "batch"}, "logits": {0: "batch"}} if config.dynamic_batch else None
-    import warnings
-
     try:
         # The TorchScript exporter: it needs no onnxscript, names nodes after module paths and folds
         # any conv+BN left in eval mode. Its deprecation warning is not for our users, nor its note that
@@ -515,13 +560,15 @@ def to_onnx(model: nn.Module, spec: ModelSpec, path: Path, config: ExportConfig)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)
             warnings.filterwarnings("ignore", message="Constant folding - Only steps=1", category=UserWarning)
-            torch.onnx.export(
-                net, (dummy,), str(path), dynamo=False, opset_version=config.opset, input_names=["input"],
-                output_names=["logits"], dynamic_axes=dynamic, do_constant_folding=True,
-            )
+            with _stderr_dropped(), _ExportableAdaptivePools():
+                torch.onnx.export(
+                    net, (dummy,), str(path), dynamo=False, opset_version=config.opset, input_names=["input"],
+                    output_names=["logits"], dynamic_axes=dynamic, do_constant_folding=True,
+                )
     except Exception as exc:  # noqa: BLE001 - an operator ONNX cannot express, etc.
-        raise UserError(f"ONNX export failed ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); "
-                        "the model uses an operation ONNX opset 17 cannot express") from None
+        why = str(exc).splitlines()[0].split(" Please feel free to request support")[0][:200]
+        raise UserError(f"ONNX export failed ({type(exc).__name__}: {why}); the model uses an operation ONNX opset "
+                        f"{config.opset} cannot express: write it in the model's code with operations ONNX has") from None
     proto = onnx.load(str(path))
     simplified = False
     if config.simplify:
@@ -1135,10 +1182,16 @@ def export(
     out = Path(out_path)
     if out.suffix != ".onnx":
         raise UserError(f"output {out} must end in .onnx")
+    made = [d for d in (out.parent, *out.parent.parents) if not d.exists()]  # deepest first
     out.parent.mkdir(parents=True, exist_ok=True)
     was_training = model.training
     try:
         return _export(model.eval(), spec, out, precision, calib, config, eval_inputs)
+    except BaseException:
+        for d in made:  # a failed export leaves no folder of its own behind either
+            with contextlib.suppress(OSError):
+                d.rmdir()
+        raise
     finally:
         model.train(was_training)
 
