@@ -3,7 +3,7 @@
     model, report = clean_and_compact(model, spec, budget_bytes=4_000_000, precision="fp32")
 
 Stages (each timed in the report):
-  1. decompose  every groups=1 Conv2d by Tucker-2 HOSVD (``factorize``);
+  1. decompose  every groups=1 Conv2d by Tucker-2 HOSVD, every hidden Linear by SVD (``factorize``);
   2. scale      rank components whose normalised singular value exceeds tau (``scaling``);
   3. allocate   ranks over all layers to fit the byte budget, or a default energy share (``ranks``);
   4. replace    each conv by its 3-conv block at those ranks (dense ones get the scaled weight back);
@@ -29,7 +29,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from .export import int8_float_layers
-from .factorize import conv_layers, factorizable, factorize_conv, reconstruct, scale, truncate, tucker2
+from .factorize import (
+    decomposable_layers, factorizable, factorize_layer, layer_dims, reconstruct, scale, truncate, tucker2, weight_4d,
+)
 from .finetune import FinetuneConfig, finetune, use_bf16
 from .ranks import (
     LayerSpectrum, RankConfig, allocate_ranks, capped_budget, check_precision, cheapest_bytes, conv_bytes, dense_bytes,
@@ -187,8 +189,8 @@ def clean_and_compact(model: nn.Module, spec, budget_bytes: int | None = None, p
 
     # 1. decompose
     t0 = time.perf_counter()
-    convs = [(n, m) for n, m in conv_layers(student) if isinstance(m, nn.Conv2d)]
-    tuckers = {n: tucker2(m.weight) for n, m in convs if factorizable(m)}
+    convs = decomposable_layers(student)  # convs and hidden Linears
+    tuckers = {n: tucker2(weight_4d(m)) for n, m in convs if decomposes(m)}
     timings["decompose_s"] = time.perf_counter() - t0
 
     # 2. scale
@@ -201,7 +203,7 @@ def clean_and_compact(model: nn.Module, spec, budget_bytes: int | None = None, p
             f_out = f_in = None
             if "out" in config.scale.modes:
                 f_out, info["out"] = scale_mode(t.s_out.numpy(), config.scale)
-            if "in" in config.scale.modes and convs_kernel(student, name) != (1, 1):
+            if "in" in config.scale.modes and layer_dims(student.get_submodule(name))[2] != (1, 1):
                 f_in, info["in"] = scale_mode(t.s_in.numpy(), config.scale)
             tuckers[name] = scale(t, None if f_out is None else torch.from_numpy(f_out),
                                   None if f_in is None else torch.from_numpy(f_in))
@@ -241,17 +243,17 @@ def clean_and_compact(model: nn.Module, spec, budget_bytes: int | None = None, p
             continue
         r = ranks.get(name)
         if r is None:
-            with torch.no_grad():  # the scaled weight goes back into the dense conv
-                conv.weight.copy_(reconstruct(tuckers[name]).to(conv.weight.dtype))
-            dense = conv_bytes(conv.in_channels, conv.out_channels, conv.kernel_size, precision)
+            with torch.no_grad():  # the scaled weight goes back into the dense layer
+                conv.weight.copy_(reconstruct(tuckers[name]).reshape(conv.weight.shape).to(conv.weight.dtype))
+            dense = conv_bytes(*layer_dims(conv), precision)
             reason = ("budget or cap met without factorising it (or factorised form not smaller)" if allocating
                       else "rank fraction above %.2f or no smaller than dense" % config.ranks.dense_fraction)
             if name in (float_layers or ()):
                 reason = "kept float in the int8 artifact, so not factorised"
-                dense = conv_bytes(conv.in_channels, conv.out_channels, conv.kernel_size, "fp32")
+                dense = conv_bytes(*layer_dims(conv), "fp32")
             layers.append(_layer_entry(name, conv, None, reason, scaled_info.get(name, {})) | {"bytes": int(dense)})
             continue
-        block = factorize_conv(conv, r[0], r[1], tuckers[name])
+        block = factorize_layer(conv, r[0], r[1], tuckers[name])
         parent_name, _, attr = name.rpartition(".")
         setattr(student.get_submodule(parent_name) if parent_name else student, attr, block)
         factorized[name] = {"ranks": list(block.ranks)}
@@ -344,7 +346,7 @@ def rank_sensitivity(net: nn.Module, modules: dict[str, nn.Conv2d], tuckers: dic
         """Loss at every rank of ``grid``; ``weight_at(r)`` is the conv's weight truncated to rank r."""
         measured = {}
         for r in probe_ranks(grid, config.probe_points):
-            conv.weight.copy_(weight_at(r).to(conv.weight.dtype))
+            conv.weight.copy_(weight_at(r).reshape(conv.weight.shape).to(conv.weight.dtype))
             out = F.log_softmax(net(images).float(), 1)
             measured[r] = float(F.kl_div(out, base, log_target=True, reduction="batchmean"))
         return monotone(interpolate(measured, grid))
@@ -367,16 +369,20 @@ def rank_sensitivity(net: nn.Module, modules: dict[str, nn.Conv2d], tuckers: dic
     return out
 
 
-def layer_spectra(modules: dict[str, nn.Conv2d], tuckers: dict) -> list[LayerSpectrum]:
-    """What the rank allocator needs of each decomposed conv (``tuckers``: name -> Tucker2)."""
-    return [LayerSpectrum(n, modules[n].in_channels, modules[n].out_channels, modules[n].kernel_size,
-                          t.s_in.numpy(), t.s_out.numpy()) for n, t in tuckers.items()]
+def layer_spectra(modules: dict[str, nn.Module], tuckers: dict) -> list[LayerSpectrum]:
+    """What the rank allocator needs of each decomposed conv or Linear (``tuckers``: name -> Tucker2)."""
+    return [LayerSpectrum(n, *layer_dims(modules[n]), t.s_in.numpy(), t.s_out.numpy()) for n, t in tuckers.items()]
+
+
+def decomposes(m: nn.Module) -> bool:
+    """Whether C&C decomposes this layer of ``decomposable_layers``: a Linear, or a conv that is not grouped."""
+    return isinstance(m, nn.Linear) or factorizable(m)
 
 
 def default_energy_bytes(model: nn.Module, precision: str = "fp32", config: RankConfig = RankConfig()) -> int:
     """Estimated artifact size at the ranks C&C keeps with no budget (the default energy share)."""
-    modules = {n: m for n, m in conv_layers(model) if isinstance(m, nn.Conv2d) and factorizable(m)}
-    spectra = layer_spectra(modules, {n: tucker2(m.weight.detach()) for n, m in modules.items()})
+    modules = {n: m for n, m in decomposable_layers(model) if decomposes(m)}
+    spectra = layer_spectra(modules, {n: tucker2(weight_4d(m).detach()) for n, m in modules.items()})
     total = estimate_bytes(model, precision)
     for layer in spectra:
         r = energy_ranks([layer], precision, config)[layer.name]
@@ -390,10 +396,10 @@ def smallest_bytes(model: nn.Module, spec=None, precision: str = "fp32", config:
     """The smallest artifact C&C can reach for ``model`` (every factorisable conv at its minimum ranks; at int8
     with a ``spec``, the layers int8 keeps float stay dense at 4 bytes a weight, as ``clean_and_compact`` leaves them)."""
     float_layers = int8_float_layers(model, spec) if precision == "int8" and spec is not None else None
-    layers = [LayerSpectrum(name, conv.in_channels, conv.out_channels, conv.kernel_size, np.ones(k), np.ones(k))
-              for name, conv in conv_layers(model)
-              if isinstance(conv, nn.Conv2d) and factorizable(conv) and name not in (float_layers or ())
-              for k in [min(conv.in_channels, conv.out_channels)]]
+    layers = [LayerSpectrum(name, *dims, np.ones(k), np.ones(k))
+              for name, conv in decomposable_layers(model)
+              if decomposes(conv) and name not in (float_layers or ())
+              for dims in [layer_dims(conv)] for k in [min(dims[0], dims[1])]]
     total = estimate_bytes(model, precision, float_layers)
     for layer in layers:  # one layer at a time, so the sum rounds as it always has
         total -= dense_bytes([layer], precision) - cheapest_bytes([layer], precision, config)
@@ -402,10 +408,6 @@ def smallest_bytes(model: nn.Module, spec=None, precision: str = "fp32", config:
 
 def smallest_fp32_bytes(model: nn.Module, spec=None) -> int:
     return smallest_bytes(model, spec, "fp32")
-
-
-def convs_kernel(model: nn.Module, name: str) -> tuple[int, int]:
-    return tuple(model.get_submodule(name).kernel_size)
 
 
 def save_cleaned(model: nn.Module, report: CCReport, path: str | Path, extra: dict | None = None) -> Path:

@@ -8,7 +8,8 @@ scaling rank component i of a mode is scaling the matching core slice.
 
 The factorised layer is three plain ``nn.Conv2d`` (1x1 C_in->r_in, kxk r_in->r_out, 1x1
 r_out->C_out) so the ONNX export holds exactly three Conv nodes and runtimes need nothing new.
-A 1x1 conv is a matrix: it becomes two 1x1 convs (r = r_in = r_out).
+A 1x1 conv is a matrix: it becomes two 1x1 convs (r = r_in = r_out). A hidden Linear is the same matrix case
+and becomes two Linears (``FactorizedLinear``); the classifier stays dense.
 """
 
 from __future__ import annotations
@@ -47,6 +48,13 @@ def left_singular(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     An order of magnitude faster than an SVD of the (C x C*k*k) unfolding on a CPU, and exact
     enough in float64 (the factors stay orthonormal, so full-rank reconstruction is exact).
     """
+    if a.shape[0] > a.shape[1]:
+        # tall: a Linear's input mode (a VGG head's 25088 x 4096 would need a 25088^2 eigh). The small Gram matrix
+        # gives the right singular vectors V; a V has orthogonal columns of norm s, and its QR (signs fixed) is
+        # U, orthonormal even where s is ~0 (so a full-rank reconstruction stays exact)
+        v, s = left_singular(a.T)
+        u, r = torch.linalg.qr(a @ v)
+        return u * torch.where(r.diagonal() < 0, -1.0, 1.0).to(u), s
     gram = a @ a.T
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # small eigh: threading only adds contention (measured 40x slower on 2 busy cores)
@@ -102,6 +110,18 @@ def factorizable(conv: nn.Module) -> bool:
     return type(conv) is nn.Conv2d and conv.groups == 1
 
 
+def layer_dims(m: nn.Module) -> tuple[int, int, tuple[int, int]]:
+    """(inputs, outputs, kernel) of a Conv2d, or of a Linear as the 1x1 conv it is (a matrix)."""
+    if isinstance(m, nn.Linear):
+        return m.in_features, m.out_features, (1, 1)
+    return m.in_channels, m.out_channels, tuple(m.kernel_size)
+
+
+def weight_4d(m: nn.Module) -> torch.Tensor:
+    """A conv's weight, or a Linear's as a 1x1 conv's (out, in, 1, 1): one Tucker-2 code path for both."""
+    return m.weight[:, :, None, None] if isinstance(m, nn.Linear) else m.weight
+
+
 # --------------------------------------------------------------------------- the block
 
 
@@ -152,6 +172,46 @@ class FactorizedConv(nn.Sequential):
         return f"ranks(in,out)={self.ranks}, original={self.original_shape}"
 
 
+class FactorizedLinear(nn.Sequential):
+    """A hidden Linear (in -> out) at rank r: Linear in -> r (no bias), Linear r -> out (the original bias). The
+    truncated SVD, as ``tucker2`` gives it for the matrix seen as a 1x1 conv. A net's big hidden Linears
+    (a VGG-style 4096-wide classifier, a CNN's flatten-to-dense layer) are most of its bytes."""
+
+    def __init__(self, linear: nn.Linear, r_in: int, r_out: int):
+        if r_in != r_out:
+            raise ValueError(f"a Linear factorises with one rank; got r_in={r_in}, r_out={r_out}")
+        kw = dict(device=linear.weight.device, dtype=linear.weight.dtype)
+        super().__init__(nn.Linear(linear.in_features, r_in, bias=False, **kw),
+                         nn.Linear(r_in, linear.out_features, bias=linear.bias is not None, **kw))
+        self.ranks = (r_in, r_out)
+        self.original_shape = tuple(linear.weight.shape)
+
+    @torch.no_grad()
+    def load_tucker(self, t: Tucker2, bias: torch.Tensor | None) -> "FactorizedLinear":
+        dtype = self[0].weight.dtype
+        self[0].weight.copy_(t.u_in.T.to(dtype))
+        self[1].weight.copy_((t.u_out @ t.core[:, :, 0, 0]).to(dtype))
+        if bias is not None:
+            self[1].bias.copy_(bias)
+        return self
+
+    def extra_repr(self) -> str:
+        return f"rank={self.ranks[0]}, original={self.original_shape}"
+
+
+FACTORIZED_TYPES = (FactorizedConv, FactorizedLinear)
+
+
+def factorize_layer(layer: nn.Module, r_in: int, r_out: int, t: Tucker2 | None = None) -> nn.Module:
+    """``factorize_conv`` for a Conv2d, the two-Linear block at rank min(r_in, r_out) for a Linear."""
+    if not isinstance(layer, nn.Linear):
+        return factorize_conv(layer, r_in, r_out, t)
+    t = tucker2(weight_4d(layer)) if t is None else t
+    r = min(r_in, r_out)
+    block = FactorizedLinear(layer, r, r)
+    return block.load_tucker(truncate(t, r, r), None if layer.bias is None else layer.bias.detach())
+
+
 def factorize_conv(conv: nn.Conv2d, r_in: int, r_out: int, t: Tucker2 | None = None) -> FactorizedConv:
     """The block for ``conv`` at ranks (r_in, r_out), from its (possibly scaled) Tucker-2 ``t``."""
     if not factorizable(conv):
@@ -178,6 +238,21 @@ def swap_modules(model: nn.Module, filter_fn: Callable[[nn.Module, str], bool],
         parent = model.get_submodule(parent_name) if parent_name else model
         setattr(parent, attr, replace_fn(module, name))
     return [n for n, _ in targets]
+
+
+def hidden_linears(model: nn.Module) -> list[tuple[str, nn.Linear]]:
+    """The dense ``nn.Linear`` layers C&C may factorise: all but the last in model order, the classifier
+    (``unlearn.classifier_head``'s rule: the patch cuts its inputs, and it is small), none inside a block."""
+    inside = {f"{n}.{i}" for n, m in model.named_modules() if isinstance(m, FactorizedLinear) for i in range(len(m))}
+    linears = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    return [(n, m) for n, m in linears[:-1] if type(m) is nn.Linear and n not in inside]
+
+
+def decomposable_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """What C&C decomposes, in model order: the dense Conv2d layers (grouped ones too, which it lists as kept dense:
+    ``factorizable``) and the hidden Linears."""
+    keep = {n for n, m in conv_layers(model) if isinstance(m, nn.Conv2d)} | {n for n, _ in hidden_linears(model)}
+    return [(n, m) for n, m in model.named_modules() if n in keep]
 
 
 def conv_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -218,13 +293,13 @@ def build_factorized(spec, sd: dict[str, torch.Tensor]) -> nn.Module:
     for name, entry in spec.factorized.items():
         conv = layers.get(name)
         ranks = entry.get("ranks") if isinstance(entry, dict) else entry
-        if not isinstance(conv, nn.Conv2d) or not ranks or len(ranks) != 2:
+        if not isinstance(conv, (nn.Conv2d, nn.Linear)) or not ranks or len(ranks) != 2:
             raise UserError(f"card lists factorised layer {name!r} with ranks {ranks!r}, which the model "
                             f"{spec.arch} does not have; use the card written with this checkpoint")
     swap_modules(
         model,
         lambda m, n: n in spec.factorized,
-        lambda m, n: FactorizedConv(m, *_ranks(spec.factorized[n])),
+        lambda m, n: (FactorizedLinear if isinstance(m, nn.Linear) else FactorizedConv)(m, *_ranks(spec.factorized[n])),
     )
     try:
         model.load_state_dict(sd, strict=True)

@@ -103,7 +103,7 @@ def model_counts(model, float_layers=None) -> dict:
     last Linear."""
     from torch import nn
 
-    from .factorize import FactorizedConv
+    from .factorize import FACTORIZED_TYPES, layer_dims
     from .synth import BN_TYPES
 
     total = {"weight": 0, "head_weight": 0, "float_param": 0, "channel": 0, "inner": 0, "tensor": 0, "fixed": 1}
@@ -117,18 +117,19 @@ def model_counts(model, float_layers=None) -> dict:
         float_layers = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)][-1:]
     inside: set[str] = set()
     for name, m in model.named_modules():
-        if isinstance(m, FactorizedConv):
+        if isinstance(m, FACTORIZED_TYPES):  # a 3-conv block, two 1x1 convs or two Linears
             inside.update(f"{name}.{i}" for i in range(len(m)))
             kernel = m[1].kernel_size if len(m) == 3 else (1, 1)
-            add(conv_counts(m[0].in_channels, m[-1].out_channels, kernel, m.ranks))
+            add(conv_counts(layer_dims(m[0])[0], layer_dims(m[-1])[1], kernel, m.ranks))
         elif isinstance(m, nn.Conv2d) and name not in inside:
             counts = conv_counts(m.in_channels // m.groups, m.out_channels, m.kernel_size)
             if name in float_layers:
                 counts["head_weight"] = counts.pop("weight")
             add(counts)
         elif isinstance(m, nn.Linear):
-            kind = "head_weight" if name in float_layers else "weight"
-            add({kind: m.weight.numel(), "channel": m.out_features, "tensor": 1})
+            if name not in inside:
+                kind = "head_weight" if name in float_layers else "weight"
+                add({kind: m.weight.numel(), "channel": m.out_features, "tensor": 1})
         elif not isinstance(m, (nn.Conv2d, *BN_TYPES)):
             # e.g. GroupNorm: nothing to fold it into, so its weights ship as they are (a GroupNorm net's fp32 file
             # came out 0.7 % over its budget before these were counted)

@@ -28,6 +28,34 @@ def assert_one_line_error(result, *needles):
         assert needle.lower() in lines[0].lower(), lines[0]
 
 
+HIDDEN_NET = '''
+import torch
+from torch import nn
+
+
+class HiddenNet(nn.Module):
+    """A CNN whose bytes are mostly one hidden Linear (flatten to dense), as many small CNNs are."""
+
+    def __init__(self, num_classes=4, in_channels=1):
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, 8, 3, padding=1)
+        self.bn = nn.BatchNorm2d(8)
+        self.fc1 = nn.Linear(8 * 8 * 8, 128)
+        self.fc2 = nn.Linear(128, num_classes)
+
+    def forward(self, x):
+        x = nn.functional.max_pool2d(torch.relu(self.bn(self.conv(x))), 2)
+        return self.fc2(torch.relu(self.fc1(x.flatten(1))))
+'''
+
+
+@pytest.fixture
+def hidden_net_arch(tmp_path):
+    """``--arch`` of a user net (a file in ``tmp_path``) whose bytes are mostly one hidden Linear."""
+    (tmp_path / "hiddennet.py").write_text(HIDDEN_NET)
+    return f"{tmp_path / 'hiddennet.py'}:HiddenNet"
+
+
 @pytest.fixture
 def one_thread():
     """Tiny tensors: a second thread only adds synchronisation on a busy machine."""

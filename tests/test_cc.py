@@ -246,3 +246,30 @@ def test_int8_keeps_the_layers_int8_leaves_float_dense_and_prices_them(tmp_path)
     # the impossible-budget check prices them the same way: stem and head dense, 3 more bytes a weight
     extra = 3 * (model.stem.weight.numel() + model.head.weight.numel())
     assert smallest_bytes(model, spec, "int8") >= smallest_bytes(model, None, "int8") + extra
+
+
+def test_hidden_linears_are_factorised_to_meet_a_budget_only_they_can(tmp_path, hidden_net_arch):
+    """A net whose bytes are mostly a hidden Linear: a budget under that Linear's dense bytes is met by its SVD
+    (two Linears; the classifier stays dense), and the exported file fits it."""
+    from edgeclean.export import export
+    from edgeclean.factorize import FactorizedLinear, build_base
+
+    spec = ModelSpec(arch=hidden_net_arch, arch_kwargs={"num_classes": 4, "in_channels": 1}, num_classes=4,
+                     input_shape=(1, 16, 16))
+    torch.manual_seed(0)
+    model = build_base(spec).eval()
+    dense = estimate_bytes(model)
+    budget = dense // 4  # the hidden Linear alone is ~97 % of the bytes
+    assert 4 * model.fc1.weight.numel() > budget and smallest_bytes(model) < budget
+    images = torch.rand(16, 1, 16, 16)
+    cfg = CCConfig(n_synthetic=16, finetune=FinetuneConfig(steps=2, batch_size=8))
+    cleaned, report = clean_and_compact(model, spec, budget_bytes=budget, config=cfg, scan_result=_Scan(images, None))
+    assert isinstance(cleaned.fc1, FactorizedLinear) and type(cleaned.fc2) is nn.Linear
+    assert report.spec["factorized"]["fc1"]["ranks"][0] == report.spec["factorized"]["fc1"]["ranks"][1]
+    assert estimate_bytes(cleaned) <= budget
+    info = export(cleaned, ModelSpec.from_dict(report.spec), tmp_path / "m.onnx")
+    assert info["parity"]["ok"] and info["fp32_bytes"] <= budget
+    path = save_cleaned(cleaned, report, tmp_path / "clean.pt")
+    loaded, _ = load_suspect(path)
+    x = torch.rand(2, 1, 16, 16)
+    torch.testing.assert_close(loaded(x), cleaned(x))

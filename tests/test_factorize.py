@@ -111,3 +111,43 @@ def test_onnx_export_has_three_convs(tmp_path):
     torch.onnx.export(block, (torch.zeros(1, 8, 8, 8),), str(path), opset_version=17, dynamo=False)
     ops = [n.op_type for n in onnx.load(str(path)).graph.node]
     assert ops == ["Conv", "Conv", "Conv"]
+
+
+@pytest.mark.parametrize("n_in,n_out,bias", [(20, 12, True), (9, 30, False)])
+def test_full_rank_linear_block_reproduces_linear(n_in, n_out, bias):
+    from edgeclean.factorize import FactorizedLinear, factorize_layer
+
+    torch.manual_seed(4)
+    linear = nn.Linear(n_in, n_out, bias=bias)
+    r = min(n_in, n_out)
+    block = factorize_layer(linear, r, r)
+    assert isinstance(block, FactorizedLinear) and [type(m) for m in block] == [nn.Linear, nn.Linear]
+    assert block[0].bias is None and (block[1].bias is not None) == bias
+    x = torch.randn(5, 3, n_in)  # a Linear also acts on the last axis of a bigger tensor
+    torch.testing.assert_close(block(x), linear(x), atol=1e-5, rtol=1e-4)
+    # truncated: the best rank-2 approximation (Eckart-Young), the SVD's
+    low = factorize_layer(linear, 2, 2)
+    u, s, vh = torch.linalg.svd(linear.weight.detach().double())
+    best = (u[:, :2] * s[:2]) @ vh[:2]
+    torch.testing.assert_close((low[1].weight @ low[0].weight).double(), best, atol=1e-5, rtol=1e-4)
+
+
+
+
+def test_hidden_linears_and_their_rebuild_from_card(tmp_path, hidden_net_arch):
+    from edgeclean.factorize import FactorizedLinear, factorize_layer, hidden_linears
+
+    arch = hidden_net_arch
+    spec = ModelSpec(arch=arch, arch_kwargs={"num_classes": 4, "in_channels": 1}, num_classes=4,
+                     input_shape=(1, 16, 16), factorized={"fc1": {"ranks": [16, 16]}})
+    from edgeclean.factorize import build_base
+
+    model = build_base(spec).eval()
+    assert [n for n, _ in hidden_linears(model)] == ["fc1"]  # the classifier (last Linear) is not one
+    swap_modules(model, lambda m, n: n == "fc1", lambda m, n: factorize_layer(m, 16, 16))
+    assert isinstance(model.fc1, FactorizedLinear) and hidden_linears(model) == []
+    torch.save(model.state_dict(), tmp_path / "c.pt")
+    (tmp_path / "c.json").write_text(json.dumps({"spec": spec.to_dict()}))
+    loaded, _ = load_suspect(tmp_path / "c.pt")
+    x = torch.rand(3, 1, 16, 16)
+    torch.testing.assert_close(loaded(x), model(x))
