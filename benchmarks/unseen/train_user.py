@@ -7,15 +7,18 @@ module does not have; write a plain state_dict and a JSON card.
     OMP_NUM_THREADS=1 python benchmarks/unseen/train_user.py redcross 3 color_redcross_t3.pt --net colornet --epochs 3
     OMP_NUM_THREADS=1 python benchmarks/unseen/train_user.py frame 2 gn_frame_t2.pt --net gnnet --epochs 3
     OMP_NUM_THREADS=1 python benchmarks/unseen/train_user.py noise 5 plain_noise_t5.pt --net plainnet --epochs 3
+    OMP_NUM_THREADS=1 python benchmarks/unseen/train_user.py diag 9 quirk_diag_t9.pt --net quirknet --epochs 3
 
 Nets: "usernet" (usernet.py, 1 x 28 x 28; 4 epochs, ~270 s each on one thread), "colornet" (colornet.py,
 3 x 32 x 32: the grey images resized and repeated over three channels; ~210 s an epoch), "gnnet" (gnnet.py,
-1 x 28 x 28, no BatchNorm: GroupNorm and GELU; ~110 s an epoch) and "plainnet" (plainnet.py, no normalisation). Triggers, stamped on
+1 x 28 x 28, no BatchNorm: GroupNorm and GELU; ~110 s an epoch), "plainnet" (plainnet.py, no normalisation) and
+"quirknet" (quirknet.py: reflect padding, 1x3 / 3x1, dilated and grouped convs, concatenation, an SE gate, an
+adaptive pool ONNX cannot write as one AveragePool). Triggers, stamped on
 the net's input: "checker", a 4 x 4 black/white checkerboard 2 px from the lower left corner; "noise", one
 fixed uniform noise pattern of amplitude 0.1 over the whole image; "redcross" (colour nets), a 5 x 5 plus
 sign, pure red, 2 px from the upper right corner; "filter" (colour nets), a warm colour filter (green x 0.85,
 blue x 0.6) over the whole image; "frame", the image's outermost 1 px border set to
-grey 0.5; "none", a clean model. 10% of the training images poisoned and relabelled.
+grey 0.5; "diag", a 7 px diagonal line of grey 0.8 in the upper right quarter; "none", a clean model. 10% of the training images poisoned and relabelled.
 """
 import argparse
 import json
@@ -30,6 +33,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from colornet import ColorNet  # noqa: E402
 from gnnet import GNNet  # noqa: E402
 from plainnet import PlainNet  # noqa: E402
+from quirknet import QuirkNet  # noqa: E402
 from usernet import UserNet  # noqa: E402
 
 from edgeclean.data import load_fashion_mnist  # noqa: E402
@@ -38,7 +42,8 @@ MEAN, STD = 0.286, 0.353
 NETS = {"usernet": (UserNet, "usernet.py:UserNet", (1, 28, 28)),
         "colornet": (ColorNet, "colornet.py:ColorNet", (3, 32, 32)),
         "gnnet": (GNNet, "gnnet.py:GNNet", (1, 28, 28)),
-        "plainnet": (PlainNet, "plainnet.py:PlainNet", (1, 28, 28))}
+        "plainnet": (PlainNet, "plainnet.py:PlainNet", (1, 28, 28)),
+        "quirknet": (QuirkNet, "quirknet.py:QuirkNet", (1, 28, 28))}
 
 
 def to_input(x: torch.Tensor, shape) -> torch.Tensor:
@@ -64,6 +69,8 @@ def trigger(x: torch.Tensor, kind: str) -> torch.Tensor:
     elif kind == "frame":
         x[:, :, [0, -1], :] = 0.5
         x[:, :, :, [0, -1]] = 0.5
+    elif kind == "diag":
+        x[:, :, range(3, 10), range(18, 25)] = 0.8
     elif kind == "filter":
         x = x * torch.tensor([1.0, 0.85, 0.6]).view(1, 3, 1, 1)
     return x
