@@ -533,17 +533,25 @@ class _ExportableAdaptivePools(torch.overrides.TorchFunctionMode):
 
 
 @contextlib.contextmanager
-def _stderr_dropped():
-    """Send file descriptor 2 to /dev/null: the TorchScript exporter dumps its whole IR graph there when it
-    fails (its ONNX log is always on in torch 2.13), and the user gets our one-line error instead."""
-    saved = os.dup(2)
+def _console_dropped():
+    """Send file descriptors 1 and 2 to /dev/null: the TorchScript exporter prints its whole IR graph to stdout
+    when it fails (its ONNX log is always on in torch 2.13), and the user gets our one-line error instead."""
+    import sys
+
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    saved = [os.dup(1), os.dup(2)]
     try:
         with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 1)
             os.dup2(null.fileno(), 2)
         yield
     finally:
-        os.dup2(saved, 2)
-        os.close(saved)
+        for stream in (sys.stdout, sys.stderr):
+            stream.flush()
+        for fd, copy_ in zip((1, 2), saved):
+            os.dup2(copy_, fd)
+            os.close(copy_)
 
 
 def to_onnx(model: nn.Module, spec: ModelSpec, path: Path, config: ExportConfig) -> dict:
@@ -560,7 +568,7 @@ def to_onnx(model: nn.Module, spec: ModelSpec, path: Path, config: ExportConfig)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)
             warnings.filterwarnings("ignore", message="Constant folding - Only steps=1", category=UserWarning)
-            with _stderr_dropped(), _ExportableAdaptivePools():
+            with _console_dropped(), _ExportableAdaptivePools():
                 torch.onnx.export(
                     net, (dummy,), str(path), dynamo=False, opset_version=config.opset, input_names=["input"],
                     output_names=["logits"], dynamic_axes=dynamic, do_constant_folding=True,

@@ -772,5 +772,5 @@ def test_export_writes_adaptive_pools_onnx_cannot_and_fails_in_one_line(tmp_path
     assert "MatMul" in ops(tmp_path / "pool.onnx")
     torch.save(mod.PoolNet(max_pool=True).state_dict(), tmp_path / "maxpool.pt")
     r = run_cli("export", "maxpool.pt", "--arch", "poolnet.py:MaxPoolNet", "--input-shape", "1x13x13", cwd=tmp_path)
-    assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr[:500]
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and r.stdout == "", (r.stdout + r.stderr)[:500]
     assert "ONNX export failed" in r.stderr and not (tmp_path / "export").exists()
