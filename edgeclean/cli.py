@@ -391,6 +391,11 @@ def bench_cmd(model, target, threads, runs, warmup, as_json, setup, force, sessi
 # --------------------------------------------------------------------------- run
 
 
+def _said(scan: dict, suspected: str, otherwise: str) -> str:
+    """A scan's verdict in a word or two: an inconclusive scan is neither suspected nor clean."""
+    return suspected if scan["suspected"] else "inconclusive" if scan.get("inconclusive") else otherwise
+
+
 @main.command("run")
 @click.argument("model", type=click.Path(dir_okay=False))
 @model_options
@@ -432,8 +437,8 @@ def run_cmd(model, arch, input_shape, mean, std, target, budget, precision, meth
     elif not quiet:
         before, after = report["scan_before"], report["scan_after"]
         lat = report.get("latency_ms") or {}
-        click.echo(f"scan before: {'SUSPECTED, target ' + str(before['target_class']) if before['suspected'] else 'clean'} "
-                   f"(score {before['score']:.2f}); after: {'SUSPECTED' if after['suspected'] else 'not suspected'} (score {after['score']:.2f})"
+        click.echo(f"scan before: {_said(before, 'SUSPECTED, target ' + str(before['target_class']), 'clean')} "
+                   f"(score {before['score']:.2f}); after: {_said(after, 'SUSPECTED', 'not suspected')} (score {after['score']:.2f})"
                    + (f"; cleaned against class {backdoor_target} (--backdoor-target)" if backdoor_target is not None else ""))
         from .report import NO_BN_NOTE, without_batchnorm
 

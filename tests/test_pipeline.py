@@ -255,6 +255,10 @@ def test_inconclusive_scan_after_cleaning_fails_the_backdoor_gate(tmp_path):
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert report["scan_after"]["inconclusive"] and not report["gates"]["backdoor"]["passed"]
     assert "inconclusive" in report["gates"]["backdoor"]["detail"]
+    from edgeclean.cli import _said  # run's summary line: neither "clean" nor "not suspected" (it said "clean")
+
+    assert report["scan_before"]["inconclusive"]
+    assert [_said(report[k], "SUSPECTED", "clean") for k in ("scan_before", "scan_after")] == ["inconclusive"] * 2
 
 
 def test_backdoor_gate_says_when_only_the_scan_after_flags_an_untouched_model():
