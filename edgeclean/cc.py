@@ -214,7 +214,12 @@ def clean_and_compact(model: nn.Module, spec, budget_bytes: int | None = None, p
     t0 = time.perf_counter()
     spectra = [l for l in layer_spectra(dict(convs), tuckers) if l.name not in (float_layers or ())]
     other = before - dense_bytes(spectra, precision)
-    alloc_budget = capped_budget(spectra, budget_bytes, other, precision, config.ranks, cap_fraction)  # None: no budget
+    # the cap is a share of the convs' bytes, as measured (CC_NOTES 27); hidden Linears sit outside it, so a net's MLP
+    # head is cut only as far as the budget needs (in the cap, a UserNet lost 2.3 pt more CA: CC_NOTES 33 (d))
+    linear = {l.name for l in spectra if isinstance(student.get_submodule(l.name), nn.Linear)}
+    in_cap = [l for l in spectra if l.name not in linear]
+    outside_cap = other + dense_bytes([l for l in spectra if l.name in linear], precision)
+    alloc_budget = capped_budget(in_cap, budget_bytes, outside_cap, precision, config.ranks, cap_fraction)  # None: none
     allocating = alloc_budget is not None
     if allocating and config.ranks.proxy == "output":
         spectra = rank_sensitivity(input_model(student, spec), dict(convs), tuckers, spectra,

@@ -273,3 +273,18 @@ def test_hidden_linears_are_factorised_to_meet_a_budget_only_they_can(tmp_path, 
     loaded, _ = load_suspect(path)
     x = torch.rand(2, 1, 16, 16)
     torch.testing.assert_close(loaded(x), cleaned(x))
+
+
+def test_the_suspected_backdoor_cap_is_a_share_of_the_convs_not_of_hidden_linears(hidden_net_arch):
+    """The cap was measured on convs (CC_NOTES 27); a hidden Linear stays outside it, cut only as the budget needs."""
+    from edgeclean.factorize import build_base
+
+    spec = ModelSpec(arch=hidden_net_arch, arch_kwargs={"num_classes": 4, "in_channels": 1}, num_classes=4,
+                     input_shape=(1, 16, 16))
+    torch.manual_seed(0)
+    model = build_base(spec).eval()
+    suspected = _Scan(None, None)
+    suspected.suspected, suspected.target_class = True, 1
+    cfg = CCConfig(do_finetune=False, ranks=RankConfig(proxy="energy", suspected_min_room=0.0))
+    _, capped = clean_and_compact(model, spec, config=cfg, scan_result=suspected)
+    assert capped.rank_cap_bytes is not None and capped.rank_cap_bytes >= 4 * model.fc1.weight.numel()
