@@ -5,7 +5,7 @@ weights, one bias per conv/linear output channel, plus a per-tensor and a fixed 
 graph (names, shapes, node attributes). Its constants were fitted by ``benchmarks/onnx_bytes.py``
 against real files (opset 17, ir_version 13; int8 = onnxruntime static QDQ, per-channel weights).
 
-Rank allocation is global and greedy: every factorisable conv starts dense; each step takes the
+Rank allocation is global and greedy: every factorisable conv (and hidden Linear) starts dense; each step takes the
 move (dense -> largest factorised ranks, or one rank step less in one mode) that loses the least
 per byte saved, until the estimate fits the budget (AIMET-style greedy selection). What a move
 loses is, by default (``RankConfig.proxy = "output"``), measured: the KL divergence of the model's
