@@ -8,12 +8,14 @@ module does not have; write a plain state_dict and a JSON card.
     OMP_NUM_THREADS=1 python benchmarks/unseen/train_user.py frame 2 gn_frame_t2.pt --net gnnet --epochs 3
     OMP_NUM_THREADS=1 python benchmarks/unseen/train_user.py noise 5 plain_noise_t5.pt --net plainnet --epochs 3
     OMP_NUM_THREADS=1 python benchmarks/unseen/train_user.py diag 9 quirk_diag_t9.pt --net quirknet --epochs 3
+    OMP_NUM_THREADS=1 python benchmarks/unseen/train_user.py checker 3 mnist_checker_t3.pt --net mnistnet --epochs 2
 
 Nets: "usernet" (usernet.py, 1 x 28 x 28; 4 epochs, ~270 s each on one thread), "colornet" (colornet.py,
 3 x 32 x 32: the grey images resized and repeated over three channels; ~210 s an epoch), "gnnet" (gnnet.py,
 1 x 28 x 28, no BatchNorm: GroupNorm and GELU; ~110 s an epoch), "plainnet" (plainnet.py, no normalisation) and
 "quirknet" (quirknet.py: reflect padding, 1x3 / 3x1, dilated and grouped convs, concatenation, an SE gate, an
-adaptive pool ONNX cannot write as one AveragePool). Triggers, stamped on
+adaptive pool ONNX cannot write as one AveragePool) and "mnistnet" (mnistnet.py: PyTorch's MNIST example CNN, a
+9216 -> 128 hidden Linear, no BatchNorm). Triggers, stamped on
 the net's input: "checker", a 4 x 4 black/white checkerboard 2 px from the lower left corner; "noise", one
 fixed uniform noise pattern of amplitude 0.1 over the whole image; "redcross" (colour nets), a 5 x 5 plus
 sign, pure red, 2 px from the upper right corner; "filter" (colour nets), a warm colour filter (green x 0.85,
@@ -32,6 +34,7 @@ import torch.nn.functional as F
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from colornet import ColorNet  # noqa: E402
 from gnnet import GNNet  # noqa: E402
+from mnistnet import MNISTNet  # noqa: E402
 from plainnet import PlainNet  # noqa: E402
 from quirknet import QuirkNet  # noqa: E402
 from usernet import UserNet  # noqa: E402
@@ -43,7 +46,8 @@ NETS = {"usernet": (UserNet, "usernet.py:UserNet", (1, 28, 28)),
         "colornet": (ColorNet, "colornet.py:ColorNet", (3, 32, 32)),
         "gnnet": (GNNet, "gnnet.py:GNNet", (1, 28, 28)),
         "plainnet": (PlainNet, "plainnet.py:PlainNet", (1, 28, 28)),
-        "quirknet": (QuirkNet, "quirknet.py:QuirkNet", (1, 28, 28))}
+        "quirknet": (QuirkNet, "quirknet.py:QuirkNet", (1, 28, 28)),
+        "mnistnet": (MNISTNet, "mnistnet.py:MNISTNet", (1, 28, 28))}
 
 
 def to_input(x: torch.Tensor, shape) -> torch.Tensor:
