@@ -30,7 +30,7 @@ from torch import nn
 
 from .export import int8_float_layers
 from .factorize import (
-    decomposable_layers, factorizable, factorize_layer, layer_dims, reconstruct, scale, truncate, tucker2, weight_4d,
+    decomposable_layers, decomposes, factorize_layer, layer_dims, reconstruct, scale, truncate, tucker2, weight_4d,
 )
 from .finetune import FinetuneConfig, finetune, use_bf16
 from .ranks import (
@@ -379,10 +379,6 @@ def layer_spectra(modules: dict[str, nn.Module], tuckers: dict) -> list[LayerSpe
     return [LayerSpectrum(n, *layer_dims(modules[n]), t.s_in.numpy(), t.s_out.numpy()) for n, t in tuckers.items()]
 
 
-def decomposes(m: nn.Module) -> bool:
-    """Whether C&C decomposes this layer of ``decomposable_layers``: a Linear, or a conv that is not grouped."""
-    return isinstance(m, nn.Linear) or factorizable(m)
-
 
 def default_energy_bytes(model: nn.Module, precision: str = "fp32", config: RankConfig = RankConfig()) -> int:
     """Estimated artifact size at the ranks C&C keeps with no budget (the default energy share)."""
@@ -398,8 +394,9 @@ def default_energy_bytes(model: nn.Module, precision: str = "fp32", config: Rank
 
 
 def smallest_bytes(model: nn.Module, spec=None, precision: str = "fp32", config: RankConfig = RankConfig()) -> int:
-    """The smallest artifact C&C can reach for ``model`` (every factorisable conv at its minimum ranks; at int8
-    with a ``spec``, the layers int8 keeps float stay dense at 4 bytes a weight, as ``clean_and_compact`` leaves them)."""
+    """The smallest artifact C&C can reach for ``model`` (every factorisable conv and hidden Linear at its minimum
+    ranks; at int8 with a ``spec``, the layers int8 keeps float stay dense at 4 bytes a weight, as
+    ``clean_and_compact`` leaves them)."""
     float_layers = int8_float_layers(model, spec) if precision == "int8" and spec is not None else None
     layers = [LayerSpectrum(name, *dims, np.ones(k), np.ones(k))
               for name, conv in decomposable_layers(model)

@@ -110,6 +110,11 @@ def factorizable(conv: nn.Module) -> bool:
     return type(conv) is nn.Conv2d and conv.groups == 1
 
 
+def decomposes(m: nn.Module) -> bool:
+    """Whether C&C decomposes this layer of ``decomposable_layers``: a Linear, or a conv that is not grouped."""
+    return isinstance(m, nn.Linear) or factorizable(m)
+
+
 def layer_dims(m: nn.Module) -> tuple[int, int, tuple[int, int]]:
     """(inputs, outputs, kernel) of a Conv2d, or of a Linear as the 1x1 conv it is (a matrix)."""
     if isinstance(m, nn.Linear):
