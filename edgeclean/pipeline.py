@@ -159,8 +159,12 @@ def backdoor_gate(after, acted_on: bool) -> dict:
                else "inconclusive (" + after.basis + ")" if inconclusive else "not suspected")
     detail = f"scan after cleaning: score {after.score:.3f}, {verdict}"
     if after.suspected and not acted_on:
+        from .report import without_batchnorm
+
         detail += (" where the scan before cleaning suspected nothing and nothing was patched: the flag is the "
-                   "compressed model's, and on a clean net it has come from its BatchNorm statistics (README)")
+                   + ("compressed model's, and this net has no BatchNorm, where the scan's margin is thin (README, "
+                      "'Nets without BatchNorm')" if without_batchnorm(after.to_dict()) else
+                      "compressed model's, and on a clean net it has come from its BatchNorm statistics (README)"))
     return {"passed": not after.suspected and not inconclusive, "detail": detail}
 
 

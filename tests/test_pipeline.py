@@ -281,6 +281,14 @@ def test_backdoor_gate_says_when_only_the_scan_after_flags_an_untouched_model():
     assert "nothing was patched" not in acted["detail"] and "suspected (target 1)" in acted["detail"]
     cleared = backdoor_gate(replace(result, suspected=False, inconclusive=False), acted_on=False)
     assert cleared["passed"] and cleared["detail"].endswith("not suspected")
+    # a net without BatchNorm: the flag cannot come from BN statistics; the detail names the thin no-BN margin
+    plain = torch.nn.Sequential(torch.nn.Conv2d(1, 8, 3), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
+                                torch.nn.Flatten(), torch.nn.Linear(8, 4)).eval()
+    from edgeclean.scan import UniversalConfig
+
+    no_bn = scan(plain, spec, replace(_fast_extra()["scan"], universal_no_bn=(UniversalConfig(steps=2, images=8),)))
+    detail = backdoor_gate(replace(no_bn, suspected=True, target_class=1), acted_on=False)["detail"]
+    assert "no BatchNorm" in detail and "BatchNorm statistics" not in detail
 
 
 def test_bad_int8_activations_mode_is_refused_before_any_stage(tmp_path, tiny):
