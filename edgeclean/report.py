@@ -11,9 +11,10 @@ import json
 
 # What `scan` and `run` tell the user of a net without BatchNorm (CC_NOTES 32).
 NO_BN_NOTE = ("no BatchNorm: the synthetic images come from model inversion, far less like real data than images "
-              "matched to BatchNorm statistics, and the verdict rests on five nets measured; C&C cost two such backdoored "
-              "user nets 19 and 26 pt of clean accuracy, and NGF on 1% clean data left one at 95% ASR (README, 'Nets "
-              "without BatchNorm')")
+              "matched to BatchNorm statistics, and the verdict rests on seven nets measured, one of them judged wrong "
+              "(a patch trigger's class missed) and one clean net flagged after compression; C&C cost two such "
+              "backdoored user nets 19 and 26 pt of clean accuracy, and NGF on 1% clean data left one at 95% ASR "
+              "(README, 'Nets without BatchNorm')")
 
 
 def without_batchnorm(scan_dict: dict | None) -> bool:

@@ -31,7 +31,9 @@
    whose BN statistics no longer fit its weights does.
 6. A net without BatchNorm gets model-inversion images (``synth``), whose predictions are even by construction, so
    steps 2 and 4 do not apply: it is judged by the larger universal gap at L-inf 0.1 and 0.2, on 64 images
-   (``ScanConfig.universal_no_bn``, ``NO_BN_GAP_THRESHOLD``), measured on five nets only (CC_NOTES 32).
+   (``ScanConfig.universal_no_bn``, ``NO_BN_GAP_THRESHOLD``), measured on five nets (CC_NOTES 32). On two more
+   (PyTorch's MNIST example CNN, CC_NOTES 33 (g)) it named the wrong class for a checkerboard trigger, and it
+   flagged the clean twin once compressed.
 
 Measured (benchmarks/calibrate_scan.py, results/scan_calibration_seed{0,1,2}.json): on the
 harness suite every backdoor is flagged with the right target on 3 seeds: dirty-label (BadNets,
