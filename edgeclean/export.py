@@ -176,6 +176,10 @@ class ExportConfig:
     # when the static int8 file fails the gate: try int8 weights with float activations (same size, float
     # speed) before giving up; the report says which was written
     int8_weights_only_fallback: bool = True
+    # the byte budget (``run``): a static int8 file over it is replaced the same way, when the fallback is on. Without
+    # activation Q/DQ pairs the file is smaller, and the byte model prices static int8 low on nets with many ops
+    # between the weights (QuirkNet: 81,588 B static, 79,647 B weights only, 78,892 B estimated; CC_NOTES 33 (c))
+    int8_max_bytes: int | None = None
     write_ort: bool = True  # also write an ORT-format copy for onnxruntime mobile builds
     int8: Int8Config = field(default_factory=Int8Config)
 
@@ -1260,12 +1264,15 @@ def _export(model, spec, out, precision, calib, config, eval_inputs) -> dict:
             fp32_logits = {k: run_onnx(fp32_tmp, data) for k, data in sets.items()}  # one reference for both tries
             qfacts = quantize_int8(fp32_tmp, int8_tmp, calib, config.int8)
             agreement = _int8_agreement(fp32_logits, int8_tmp, sets, gated)
-            static = None
-            if (_worst_gated(agreement)["ci95"][1] < config.int8_min_agreement and config.int8_weights_only_fallback
-                    and config.int8.activations == "int8"):
-                # Static int8 failed: int8 weights with float activations keep the file's size and most of
-                # the error goes (CC_NOTES 26 (a)); the int8 kernels' speed is what is given up.
-                static = {k: v["top1_agreement"] for k, v in agreement.items() if v["gated"]}
+            static = static_bytes = None
+            short = _worst_gated(agreement)["ci95"][1] < config.int8_min_agreement
+            over = config.int8_max_bytes is not None and int8_tmp.stat().st_size > config.int8_max_bytes
+            replaced = (short or over) and config.int8_weights_only_fallback and config.int8.activations == "int8"
+            if replaced:
+                # Static int8 failed: int8 weights with float activations keep the file's size (or less) and most
+                # of the error goes (CC_NOTES 26 (a)); the int8 kernels' speed is what is given up.
+                static = {k: v["top1_agreement"] for k, v in agreement.items() if v["gated"]} if short else None
+                static_bytes = int8_tmp.stat().st_size if over else None
                 qfacts = quantize_int8(fp32_tmp, int8_tmp, calib, replace(config.int8, activations="float"))
                 agreement = _int8_agreement(fp32_logits, int8_tmp, sets, gated)
             fp32_bytes, int8_bytes = fp32_tmp.stat().st_size, int8_tmp.stat().st_size
@@ -1273,8 +1280,9 @@ def _export(model, spec, out, precision, calib, config, eval_inputs) -> dict:
                 "calibration": {"source": source, "samples": int(len(calib))},
                 "int8_weight_bits": 7 if qfacts["reduce_range"] else 8,
                 # "int8": static QDQ, int8 kernels; "float": int8 weights only, computed in float
-                "int8_activations": "float" if static is not None else config.int8.activations,
+                "int8_activations": "float" if replaced else config.int8.activations,
                 "int8_static_agreement": static,  # the static file's gated agreement when it failed and was replaced
+                "int8_static_bytes": static_bytes,  # the static file's size when it was over int8_max_bytes, replaced
                 "int8_agreement": agreement,
                 "fp32_bytes": fp32_bytes,
                 "int8_bytes": int8_bytes,

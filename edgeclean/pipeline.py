@@ -137,12 +137,14 @@ def _scan(model, spec, seed: int, extra: dict):
 
 def _weights_only_note(exp: dict) -> str:
     """Said in the parity gate's detail when the int8 artifact computes in float (``ExportConfig``'s fallback)."""
-    static = exp.get("int8_static_agreement")
-    if not static:
+    static, static_bytes = exp.get("int8_static_agreement"), exp.get("int8_static_bytes")
+    if not static and not static_bytes:
         return ""
-    return (f"; static int8 agreed with fp32 on only {', '.join(f'{v:.1%}' for v in static.values())}, so the artifact "
-            "has int8 weights and float activations (same size, no int8 kernels; onnxruntime's session config "
-            "session.disable_quant_qdq=1 folds them to float at load, at fp32 speed)")
+    why = [f"agreed with fp32 on only {', '.join(f'{v:.1%}' for v in static.values())}"] if static else []
+    why += [f"came to {static_bytes:,} bytes, over the budget"] if static_bytes else []
+    return (f"; static int8 {' and '.join(why)}, so the artifact has int8 weights and float activations (no larger, "
+            "no int8 kernels; onnxruntime's session config session.disable_quant_qdq=1 folds them to float at load, "
+            "at fp32 speed)")
 
 
 def backdoor_gate(after, acted_on: bool) -> dict:
@@ -340,8 +342,8 @@ def _run_stages(model, spec, model_path, config, budget_bytes, precision, reason
             # int8: calibrate on the scan's synthetic images; judge agreement on held-out ones
             # synthesised from another seed (a gate on a quarter of the scan's, 32 images, failed
             # a sound model whenever one near-tie flipped)
-            export_cfg = with_int8_activations(ExportConfig(seed=config.seed, write_ort=config.target == "arm64"),
-                                               config.int8_activations)
+            export_cfg = with_int8_activations(ExportConfig(seed=config.seed, write_ort=config.target == "arm64",
+                                                            int8_max_bytes=budget_bytes), config.int8_activations)
             gate = None
             if precision == "int8":
                 gate, _ = calibration_images(model, spec, export_cfg.gate_samples, config.seed + 2)
@@ -398,7 +400,7 @@ def _run_stages(model, spec, model_path, config, budget_bytes, precision, reason
         "parity": ({"max_abs_diff": exp["parity"]["max_abs_diff"], "top1_agreement": exp["parity"]["top1_agreement"]}
                    if exp is not None else None),
         "int8": ({k: exp[k] for k in ("int8_agreement", "fp32_bytes", "int8_bytes", "int8_size_ratio", "int8_weight_bits",
-                                      "int8_activations", "int8_static_agreement") if k in exp}
+                                      "int8_activations", "int8_static_agreement", "int8_static_bytes") if k in exp}
                  if exp is not None and precision == "int8" else None),
         "latency_ms": latency,
         "original": {"size_bytes": orig_info["bytes"], "macs": original_macs, "latency_ms": orig_latency,

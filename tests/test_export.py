@@ -4,6 +4,7 @@ import json
 import subprocess
 import sys
 import warnings
+from dataclasses import replace
 
 import numpy as np
 import onnx
@@ -14,7 +15,7 @@ import torch
 from torch import nn
 
 from edgeclean.errors import GateFailed, UserError
-from edgeclean.export import ExportConfig, choose_precision, conv_bn_pairs, export, fold_batchnorm
+from edgeclean.export import ExportConfig, choose_precision, conv_bn_pairs, export, fold_batchnorm, with_int8_activations
 from edgeclean.load import ModelSpec, input_model
 from edgeclean.zoo import create_model
 
@@ -774,3 +775,30 @@ def test_export_writes_adaptive_pools_onnx_cannot_and_fails_in_one_line(tmp_path
     r = run_cli("export", "maxpool.pt", "--arch", "poolnet.py:MaxPoolNet", "--input-shape", "1x13x13", cwd=tmp_path)
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and r.stdout == "", (r.stdout + r.stderr)[:500]
     assert "ONNX export failed" in r.stderr and not (tmp_path / "export").exists()
+
+
+def test_a_static_int8_file_over_the_budget_is_replaced_by_the_smaller_weights_only_file(tmp_path):
+    """The budget (``int8_max_bytes``): static int8 passes its gate here, but its activation Q/DQ pairs put it over;
+    int8 weights with float activations have none, so that file is smaller and is written instead (``auto``)."""
+    torch.manual_seed(0)
+    model = randomize_bn(create_model("tiny_cnn", num_classes=10, in_channels=3, width=2.0))
+    rng = np.random.default_rng(6)
+    calib = rng.random((32, 3, 16, 16), dtype=np.float32)
+    cfg = ExportConfig(int8_min_agreement=0.0, write_ort=False)
+    static = export(model, SPEC, tmp_path / "s.onnx", precision="int8", calib=calib, eval_inputs=calib, config=cfg)
+    weights = export(model, SPEC, tmp_path / "w.onnx", precision="int8", calib=calib, eval_inputs=calib,
+                     config=with_int8_activations(cfg, "float"))
+    assert static["int8_activations"] == "int8" and weights["int8_bytes"] < static["int8_bytes"]
+    budget = static["int8_bytes"] - 1
+    fitted = export(model, SPEC, tmp_path / "b.onnx", precision="int8", calib=calib, eval_inputs=calib,
+                    config=replace(cfg, int8_max_bytes=budget))
+    assert fitted["int8_activations"] == "float" and fitted["int8_bytes"] == weights["int8_bytes"] <= budget
+    assert fitted["int8_static_bytes"] == static["int8_bytes"] and fitted["int8_static_agreement"] is None
+    # --int8-activations int8 (static or nothing) keeps the static file; the budget gate is run's to judge
+    strict = export(model, SPEC, tmp_path / "x.onnx", precision="int8", calib=calib, eval_inputs=calib,
+                    config=with_int8_activations(replace(cfg, int8_max_bytes=budget), "int8"))
+    assert strict["int8_activations"] == "int8" and strict["int8_bytes"] == static["int8_bytes"]
+    from edgeclean.pipeline import _weights_only_note  # what run's parity line says of each reason
+
+    assert "over the budget" in _weights_only_note(fitted) and "agreed" not in _weights_only_note(fitted)
+    assert _weights_only_note(static) == ""
