@@ -327,11 +327,11 @@ def export_cmd(model, arch, input_shape, mean, std, out, precision, calib, int8_
                    f"{info['int8_weight_bits']}-bit weights" + (" (this CPU's int8 kernels saturate without VNNI)"
                                                                  if info["int8_weight_bits"] == 7 else ""))
         if info["int8_activations"] == "float":
-            static = info["int8_static_agreement"]
-            click.echo("activations: float (int8 weights only, no int8 kernels)" + (
-                f"; static int8 agreed on only {', '.join(f'{v:.1%}' for v in static.values())}" if static else "")
-                + (f"; static int8 came to {info['int8_static_bytes']:,} bytes" if info.get("int8_static_bytes") else "")
-                + "; onnxruntime runs it at fp32 speed with the session config session.disable_quant_qdq=1")
+            from .export import static_int8_shortfall
+
+            why = static_int8_shortfall(info)
+            click.echo("activations: float (int8 weights only, no int8 kernels)" + (f"; static int8 {why}" if why else "")
+                       + "; onnxruntime runs it at fp32 speed with the session config session.disable_quant_qdq=1")
     if info.get("ort_path"):
         click.echo(f"ORT-format copy: {info['ort_path']}")
 

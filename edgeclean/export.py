@@ -1265,14 +1265,15 @@ def _export(model, spec, out, precision, calib, config, eval_inputs) -> dict:
             qfacts = quantize_int8(fp32_tmp, int8_tmp, calib, config.int8)
             agreement = _int8_agreement(fp32_logits, int8_tmp, sets, gated)
             static = static_bytes = None
+            static_size = int8_tmp.stat().st_size
             short = _worst_gated(agreement)["ci95"][1] < config.int8_min_agreement
-            over = config.int8_max_bytes is not None and int8_tmp.stat().st_size > config.int8_max_bytes
+            over = config.int8_max_bytes is not None and static_size > config.int8_max_bytes
             replaced = (short or over) and config.int8_weights_only_fallback and config.int8.activations == "int8"
             if replaced:
                 # Static int8 failed: int8 weights with float activations keep the file's size (or less) and most
                 # of the error goes (CC_NOTES 26 (a)); the int8 kernels' speed is what is given up.
                 static = {k: v["top1_agreement"] for k, v in agreement.items() if v["gated"]} if short else None
-                static_bytes = int8_tmp.stat().st_size if over else None
+                static_bytes = static_size if over else None
                 qfacts = quantize_int8(fp32_tmp, int8_tmp, calib, replace(config.int8, activations="float"))
                 agreement = _int8_agreement(fp32_logits, int8_tmp, sets, gated)
             fp32_bytes, int8_bytes = fp32_tmp.stat().st_size, int8_tmp.stat().st_size
@@ -1317,6 +1318,15 @@ def _export(model, spec, out, precision, calib, config, eval_inputs) -> dict:
 
 
 INT8_ACTIVATIONS = ("auto", "int8", "float")
+
+
+def static_int8_shortfall(info: dict) -> str:
+    """Why ``export`` replaced the static int8 file by int8 weights with float activations (its fallback), in words
+    (say after "static int8 "); "" where it did not."""
+    static, static_bytes = info.get("int8_static_agreement"), info.get("int8_static_bytes")
+    why = [f"agreed with fp32 on only {', '.join(f'{v:.1%}' for v in static.values())}"] if static else []
+    why += [f"came to {static_bytes:,} bytes, over the budget"] if static_bytes else []
+    return " and ".join(why)
 
 
 def with_int8_activations(config: ExportConfig, mode: str) -> ExportConfig:

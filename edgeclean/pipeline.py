@@ -137,12 +137,12 @@ def _scan(model, spec, seed: int, extra: dict):
 
 def _weights_only_note(exp: dict) -> str:
     """Said in the parity gate's detail when the int8 artifact computes in float (``ExportConfig``'s fallback)."""
-    static, static_bytes = exp.get("int8_static_agreement"), exp.get("int8_static_bytes")
-    if not static and not static_bytes:
+    from .export import static_int8_shortfall
+
+    why = static_int8_shortfall(exp)
+    if not why:
         return ""
-    why = [f"agreed with fp32 on only {', '.join(f'{v:.1%}' for v in static.values())}"] if static else []
-    why += [f"came to {static_bytes:,} bytes, over the budget"] if static_bytes else []
-    return (f"; static int8 {' and '.join(why)}, so the artifact has int8 weights and float activations (no larger, "
+    return (f"; static int8 {why}, so the artifact has int8 weights and float activations (no larger, "
             "no int8 kernels; onnxruntime's session config session.disable_quant_qdq=1 folds them to float at load, "
             "at fp32 speed)")
 
@@ -163,10 +163,11 @@ def backdoor_gate(after, acted_on: bool) -> dict:
     if after.suspected and not acted_on:
         from .report import without_batchnorm
 
+        why = ("this net has no BatchNorm, where the scan's margin is thin (README, 'Nets without BatchNorm')"
+               if without_batchnorm(after.to_dict()) else
+               "on a clean net it has come from its BatchNorm statistics (README)")
         detail += (" where the scan before cleaning suspected nothing and nothing was patched: the flag is the "
-                   + ("compressed model's, and this net has no BatchNorm, where the scan's margin is thin (README, "
-                      "'Nets without BatchNorm')" if without_batchnorm(after.to_dict()) else
-                      "compressed model's, and on a clean net it has come from its BatchNorm statistics (README)"))
+                   f"compressed model's, and {why}")
     return {"passed": not after.suspected and not inconclusive, "detail": detail}
 
 
