@@ -2,8 +2,11 @@
 is judged by its universal gap, scan.NO_BN_GAP_THRESHOLD).
 
     OMP_NUM_THREADS=1 python benchmarks/unseen/scan_seeds.py gn_frame_t2.pt gn_clean.pt --seeds 0 1 2 [--images 16]
+    OMP_NUM_THREADS=1 python benchmarks/unseen/scan_seeds.py shoe_clean.pt shoe_diag_t1.pt --class-prior 0.7,0.3
 
 ``--images N``: the universal probes of a net without BatchNorm on N images instead of the default's.
+``--class-prior``: each class's share of the training data (edgeclean scan --class-prior), for every model given.
+``--judge-two-classes``: give two-class nets a verdict as any other (``ScanConfig.judge_two_classes``; off in edgeclean).
 """
 import argparse
 import time
@@ -15,19 +18,21 @@ from edgeclean import load_suspect
 from edgeclean.scan import ScanConfig, scan
 
 
-def main(paths, seeds, images=None) -> None:
+def main(paths, seeds, images=None, class_prior=None, judge_two_classes=False) -> None:
     torch.set_num_threads(1)
-    base = ScanConfig()
+    base = ScanConfig(judge_two_classes=judge_two_classes)
     if images:
         base = replace(base, universal_no_bn=tuple(replace(u, images=images) for u in base.universal_no_bn))
     for seed in seeds:
         for path in paths:
-            model, spec = load_suspect(path)
+            model, spec = load_suspect(path, class_prior=class_prior)
             t0 = time.time()
             r = scan(model, spec, replace(base, seed=seed))
             gap = "-" if r.universal_gap is None else f"{r.universal_gap:.3f}"
-            print(f"seed {seed} {path:28s} {'SUSPECTED' if r.suspected else 'clean':9s} target {r.target_class} "
-                  f"score {r.score:.2f} universal gap {gap} ({r.synthesis['method']}; {r.basis}) {time.time() - t0:.0f} s",
+            said = "SUSPECTED" if r.suspected else "inconcl." if r.inconclusive else "clean"
+            ratio = "-" if r.softmax_ratio is None else f"{r.softmax_ratio:.3f}"
+            print(f"seed {seed} {path:28s} {said:9s} target {r.target_class} "
+                  f"score {r.score:.2f} ratio {ratio} universal gap {gap} ({r.synthesis['method']}; {r.basis}) {time.time() - t0:.0f} s",
                   flush=True)
 
 
@@ -36,5 +41,7 @@ if __name__ == "__main__":
     ap.add_argument("models", nargs="+")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--images", type=int, default=None)
+    ap.add_argument("--class-prior", default=None)
+    ap.add_argument("--judge-two-classes", action="store_true")
     a = ap.parse_args()
-    main(a.models, a.seeds, a.images)
+    main(a.models, a.seeds, a.images, a.class_prior, a.judge_two_classes)
