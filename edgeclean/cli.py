@@ -56,6 +56,12 @@ def model_options(fn):
     return fn
 
 
+class_prior_option = click.option(
+    "--class-prior", default=None,
+    help="Each class's share of the training data, e.g. 3,1,1,1,1,1,1,1,1,1 (default: card, else even). The scan "
+         "divides it out of its synthetic images' class balance, so a common class does not look like a target.")
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="edgeclean")
 def main():
@@ -196,9 +202,11 @@ def evaluate_cmd(model, arch, input_shape, mean, std, dataset, attack, attack_ta
 @click.option("--threshold", type=float, default=None, help="Score above which the model is suspected.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--threads", type=click.IntRange(1, 256), default=None, help="Torch threads (default: torch's).")
+@class_prior_option
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON only.")
 @handle_errors
-def scan_cmd(model, arch, input_shape, mean, std, n, iterations, norm, eps, steps, threshold, seed, threads, as_json):
+def scan_cmd(model, arch, input_shape, mean, std, n, iterations, norm, eps, steps, threshold, seed, threads,
+             class_prior, as_json):
     """Say whether MODEL looks backdoored and which class it targets, using no data.
 
     Exit code 0: looks clean; 1: suspected, or inconclusive (nothing to judge: as run's backdoor gate); 2: bad input.
@@ -208,7 +216,7 @@ def scan_cmd(model, arch, input_shape, mean, std, n, iterations, norm, eps, step
     from .load import load_suspect
     from .scan import ScanConfig, scan
 
-    net, spec = load_suspect(model, arch=arch, input_shape=input_shape, mean=mean, std=std)
+    net, spec = load_suspect(model, arch=arch, input_shape=input_shape, mean=mean, std=std, class_prior=class_prior)
     cfg = ScanConfig(progress=not as_json, seed=seed, threads=threads)
     if iterations:
         cfg.synth = replace(cfg.synth, iterations=iterations)
@@ -241,15 +249,18 @@ def scan_cmd(model, arch, input_shape, mean, std, n, iterations, norm, eps, step
                 pat = result.grating_pattern
                 gap += (f"; grating gap {result.grating_gap:.2f} (class {result.grating_target}"
                         + (f", {pat[1]} cycles along {pat[0]}" if pat else "") + ")")
-            console.print(f"evidence: softmax ratio {result.softmax_ratio:.2f} (class {result.softmax_target}){gap}")
+            prior = "" if spec.class_prior is None else ", class prior divided out"
+            console.print(f"evidence: softmax ratio {result.softmax_ratio:.2f} (class {result.softmax_target}{prior}){gap}")
         s = result.synthesis
         console.print(f"synthetic data: {cfg.n} images ({s['method']}), BN loss {s['bn_loss_start']:.3f} -> "
                       f"{s['bn_loss_end']:.3f}, prediction spread {s['prediction_spread']:.2f}; "
                       f"flip rate {result.flip_rate:.2f}; {result.timings['total_s']:.1f}s")
-        from .report import NO_BN_NOTE, without_batchnorm
+        from .report import NO_BN_NOTE, uneven_classes_note, without_batchnorm
 
         if without_batchnorm(result.to_dict()):
             console.print(NO_BN_NOTE, highlight=False)
+        if uneven_classes_note(result.to_dict()):
+            console.print(uneven_classes_note(result.to_dict()), highlight=False)
         console.print(f"not used for the verdict: flips pile up in class {result.flip_target} (index {result.flip_index:.2f})"
                       + (f"; smallest trigger mask for class {result.trigger_target} (index {result.trigger_index:.2f})"
                          if result.trigger_index is not None else ""))
@@ -414,11 +425,12 @@ def _said(scan: dict, suspected: str, otherwise: str) -> str:
 @click.option("--backdoor-target", type=int, default=None, metavar="CLASS",
               help="Class you suspect the backdoor targets: cleaning acts on it whatever the scan says "
                    "(a wrong class can cost much accuracy on a model that is easy to push).")
+@class_prior_option
 @int8_activations_option
 @click.option("--quiet", is_flag=True, help="No progress output; only the final line.")
 @handle_errors
 def run_cmd(model, arch, input_shape, mean, std, target, budget, precision, method, clean_data, ngf_layer,
-            out_dir, seed, as_json, backdoor_target, int8_activations, quiet):
+            out_dir, seed, as_json, backdoor_target, class_prior, int8_activations, quiet):
     """Clean MODEL of backdoors, compress it to --budget, export ONNX and measure it on --target.
 
     Exit 0: within budget, parity passed, no backdoor suspected after cleaning; 1: a gate failed
@@ -432,7 +444,8 @@ def run_cmd(model, arch, input_shape, mean, std, target, budget, precision, meth
     config = RunConfig(method=method, target=target, budget=budget, precision=precision, clean_data=clean_data,
                        ngf_layer=ngf_layer, out_dir=out_dir, seed=seed, backdoor_target=backdoor_target,
                        int8_activations=int8_activations)
-    report, out = run(model, config, dict(arch=arch, input_shape=input_shape, mean=mean, std=std), log=log)
+    report, out = run(model, config, dict(arch=arch, input_shape=input_shape, mean=mean, std=std,
+                                          class_prior=class_prior), log=log)
     if as_json:
         click.echo(json.dumps(report, indent=1))
     elif not quiet:
@@ -441,10 +454,12 @@ def run_cmd(model, arch, input_shape, mean, std, target, budget, precision, meth
         click.echo(f"scan before: {_said(before, 'SUSPECTED, target ' + str(before['target_class']), 'clean')} "
                    f"(score {before['score']:.2f}); after: {_said(after, 'SUSPECTED', 'not suspected')} (score {after['score']:.2f})"
                    + (f"; cleaned against class {backdoor_target} (--backdoor-target)" if backdoor_target is not None else ""))
-        from .report import NO_BN_NOTE, without_batchnorm
+        from .report import NO_BN_NOTE, uneven_classes_note, without_batchnorm
 
         if without_batchnorm(before):
             click.echo(NO_BN_NOTE)
+        if uneven_classes_note(before):
+            click.echo(uneven_classes_note(before))
         if report.get("size_bytes") is not None:
             click.echo(f"artifact {out / 'model.onnx'}: {report['size_bytes']:,} bytes {report['precision']} "
                        f"(was {report['original']['size_bytes']:,}); p50 {lat.get('p50', float('nan')):.2f} ms"

@@ -13,6 +13,7 @@ import importlib
 import importlib.util
 import inspect
 import json
+import math
 import sys
 import warnings
 import zipfile
@@ -44,18 +45,23 @@ class ModelSpec:
     layout: str = "torchvision"  # key layout of the file: "torchvision" or "research"
     # Factorised layers (name -> {"ranks": [r_in, r_out]}) of a cleaned model; empty for suspects.
     factorized: dict = field(default_factory=dict)
+    # Each class's share of the training data, when the user knows it (--class-prior or the card); None: even.
+    # The scan judges its synthetic images' class balance against it (scan.prior_adjusted).
+    class_prior: tuple[float, ...] | None = None
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d["input_shape"] = list(self.input_shape)
         d["mean"], d["std"] = list(self.mean), list(self.std)
+        if self.class_prior is not None:
+            d["class_prior"] = list(self.class_prior)
         return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "ModelSpec":
         known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
-        for key in ("input_shape", "mean", "std"):
-            if key in known:
+        for key in ("input_shape", "mean", "std", "class_prior"):
+            if known.get(key) is not None:
                 known[key] = tuple(known[key])
         return cls(**known)
 
@@ -358,6 +364,7 @@ def load_suspect(
     input_shape: tuple[int, int, int] | str | None = None,
     mean: tuple[float, ...] | None = None,
     std: tuple[float, ...] | None = None,
+    class_prior: tuple[float, ...] | str | None = None,
 ) -> tuple[nn.Module, ModelSpec]:
     """Load a checkpoint without running code from it; return the model (eval mode) and its spec.
 
@@ -373,12 +380,13 @@ def load_suspect(
         input_shape = tuple(card_spec["input_shape"])
     mean = mean if mean is not None else card_spec.get("mean")
     std = std if std is not None else card_spec.get("std")
+    class_prior = class_prior if class_prior is not None else card_spec.get("class_prior")
     if card_spec.get("factorized"):
         from .factorize import build_factorized  # cleaned models carry their ranks in the spec
 
         spec = ModelSpec.from_dict(card_spec)
         model = build_factorized(spec, sd)
-        return _finish(model, spec, input_shape, mean, std)
+        return _finish(model, spec, input_shape, mean, std, class_prior)
     native, layout = to_native_layout(sd)
     arch = arch or card_spec.get("arch")
     if arch is None:
@@ -391,10 +399,10 @@ def load_suspect(
         num_classes=_guess_classes_and_channels(sd).get("num_classes", 0),
         layout=layout if arch in REGISTRY else "user",
     )
-    return _finish(model, spec, input_shape, mean, std)
+    return _finish(model, spec, input_shape, mean, std, class_prior)
 
 
-def _finish(model, spec, input_shape, mean, std):
+def _finish(model, spec, input_shape, mean, std, class_prior=None):
     if isinstance(input_shape, str):
         input_shape = parse_shape(input_shape)
     if input_shape is None:
@@ -418,7 +426,27 @@ def _finish(model, spec, input_shape, mean, std):
     if out.ndim != 2:
         raise UserError(f"the model returns a tensor of shape {tuple(out.shape)}; edgeclean needs classifier logits (N x classes)")
     spec.num_classes = int(out.shape[1])
+    spec.class_prior = _class_prior(class_prior, spec.num_classes)
     return model, spec
+
+
+def _class_prior(values, num_classes: int) -> tuple[float, ...] | None:
+    """``--class-prior`` as shares that sum to 1 (any positive numbers: "7,3" is "0.7,0.3")."""
+    if values is None:
+        return None
+    if isinstance(values, str):
+        try:
+            values = [float(v) for v in values.replace(",", " ").split()]
+        except ValueError:
+            raise UserError(f"--class-prior {values!r} is not a list of numbers (e.g. 3,1,1,1,1,1,1,1,1,1)") from None
+    values = [float(v) for v in values]
+    if len(values) != num_classes:
+        raise UserError(f"--class-prior has {len(values)} values but the model has {num_classes} classes; "
+                        "give each class's share of the training data")
+    if not all(0 < v < math.inf for v in values):  # also rejects NaN
+        raise UserError("--class-prior values must be positive (each class's share of the training data)")
+    total = sum(values)
+    return tuple(v / total for v in values)
 
 
 def _per_channel(values, default: float, channels: int, flag: str) -> tuple[float, ...]:

@@ -22,6 +22,17 @@ def without_batchnorm(scan_dict: dict | None) -> bool:
     return ((scan_dict or {}).get("synthesis") or {}).get("method") == "inversion"
 
 
+def uneven_classes_note(scan_dict: dict | None) -> str:
+    """Said where the softmax ratio flagged a class and no class prior was given: the ratio takes the training data's
+    classes to be equally common, and a clean net trained with one class at 31 % was flagged at 15.6-17.2 (CC_NOTES 34)."""
+    d = scan_dict or {}
+    if not d.get("suspected") or "softmax ratio" not in d.get("basis", "") or (d.get("config") or {}).get("class_prior"):
+        return ""
+    return (f"the softmax ratio takes every class to be equally common in the training data; if class "
+            f"{d.get('target_class')} was more common than the others, give each class's share with --class-prior "
+            "(README, 'Uneven classes and two-class nets')")
+
+
 GOOD, BAD, INK, MUTED, ACCENT = "#1a7f37", "#cf222e", "#1f2328", "#656d76", "#0969da"
 
 
@@ -155,6 +166,8 @@ def render_html(report: dict) -> str:
     out.append("<h2>Scan: predictions on synthetic images, before and after</h2>")
     if without_batchnorm(before):
         out.append(f"<p><b>{_e(NO_BN_NOTE)}.</b></p>")
+    elif uneven_classes_note(before):
+        out.append(f"<p><b>{_e(uneven_classes_note(before))}.</b></p>")
     else:
         out.append("<p class='muted'>Synthetic images match the model's BatchNorm statistics, which a dirty-label "
                    "backdoor skews towards its target class; the cleaning distils on them and reverse-engineers its "

@@ -29,6 +29,10 @@
    If more than half of the synthetic images fall in one class the verdict is ``inconclusive``
    (not suspected, said in ``basis``): no plausible poisoning ratio does that, a broken network
    whose BN statistics no longer fit its weights does.
+   Classes that were not equally common in the training data: the images follow that balance, so a common class looks
+   like a target; given the balance (``spec.class_prior``, ``--class-prior``), steps 2 and 5 divide it out first
+   (``prior_adjusted``). A two-class net gets no verdict: given its balance, the ratio found 1 of 4 backdoored ones
+   (a majority-class target moves the balance little), and the universal gap measures the balance (CC_NOTES 34).
 6. A net without BatchNorm gets model-inversion images (``synth``), whose predictions are even by construction, so
    steps 2 and 4 do not apply: it is judged by the larger universal gap at L-inf 0.1 and 0.2, on 64 images
    (``ScanConfig.universal_no_bn``, ``NO_BN_GAP_THRESHOLD``), measured on five nets (CC_NOTES 32). On two more
@@ -102,9 +106,10 @@ from .synth import SynthConfig, synthesize
 DEFAULT_THRESHOLD = 2.5
 # Mean-softmax ratio (most probable class over the runner-up) that counts as a skew towards one class.
 RATIO_THRESHOLD = 1.45
-# Above this share of the synthetic images in one class the evidence is void: no plausible poisoning
-# ratio does that, a broken (over-compressed) network whose BN statistics no longer fit its weights does.
-COLLAPSE_SHARE = 0.5
+# Above this share of the synthetic images in one class (the even share 1/K plus this, after the class prior is
+# divided out) the evidence is void: no plausible poisoning ratio does that, a broken (over-compressed) network whose
+# BN statistics no longer fit its weights does. 0.5 on a 10-class net, as calibrated on the suite; 0.9 on two classes.
+COLLAPSE_ABOVE_EVEN = 0.4
 # Universal-perturbation gap (top class's success minus the runner-up's) that counts as a shortcut;
 # the score maps it onto the concentration's scale (gap * DEFAULT_THRESHOLD / GAP_THRESHOLD).
 GAP_THRESHOLD = 0.25
@@ -162,7 +167,10 @@ class ScanConfig:
     no_bn_gap_threshold: float = NO_BN_GAP_THRESHOLD
     ratio_threshold: float = RATIO_THRESHOLD
     gap_threshold: float = GAP_THRESHOLD
-    collapse_share: float = COLLAPSE_SHARE
+    collapse_share: float | None = None  # None: 1/K + COLLAPSE_ABOVE_EVEN
+    # judge a two-class net as any other (off: inconclusive). On, with each net's class balance given, it flagged 1 of
+    # 4 backdoored two-class nets and neither clean one (CC_NOTES 34); kept for measuring, not for use
+    judge_two_classes: bool = False
     trigger: TriggerConfig | None = None  # TriggerConfig() adds the Neural-Cleanse evidence (slower)
     grating: GratingConfig | None = field(default_factory=GratingConfig)  # None: no grating probe
     grating_threshold: float = GRATING_THRESHOLD
@@ -197,7 +205,7 @@ class ScanResult:
     synthesis: dict  # method, BN loss reached, time, prediction spread
     timings: dict
     config: dict
-    softmax_ratio: float | None = None  # mean softmax of the most probable class over the runner-up's
+    softmax_ratio: float | None = None  # mean softmax of the most probable class over the runner-up's (prior divided out)
     softmax_target: int | None = None
     mean_softmax: list[float] | None = None  # per class, over the synthetic images
     inconclusive: bool = False  # predictions collapsed onto one class: no verdict possible (see basis)
@@ -305,6 +313,21 @@ def grating_gap(shares: list[float], median: list[float] | None, baseline: float
     return universal_gap([s - baseline * m for s, m in zip(shares, median)])
 
 
+def prior_adjusted(shares: list[float], prior: tuple[float, ...] | None) -> list[float]:
+    """Per-class shares divided by the class prior and renormalised: the balance the synthetic images would show had
+    every class been equally common in the training data. The images follow the training set's class balance (its
+    BatchNorm statistics average over it), so without this a common class looks like a backdoor's target."""
+    if prior is None:
+        return list(shares)
+    scaled = [s / p for s, p in zip(shares, prior)]
+    total = sum(scaled)
+    return [v / total for v in scaled] if total > 0 else list(shares)
+
+
+def collapse_line(num_classes: int, config: "ScanConfig") -> float:
+    return config.collapse_share if config.collapse_share is not None else 1 / max(num_classes, 1) + COLLAPSE_ABOVE_EVEN
+
+
 def softmax_ratio(mean_softmax: list[float]) -> tuple[int | None, float]:
     """(top class, ratio): the mean softmax of the most probable class over the runner-up's.
     Measured against the runner-up, not the even share 1/K, so a network whose predictions are
@@ -402,18 +425,32 @@ def _scan(model: nn.Module, spec, config: ScanConfig, callback) -> ScanResult:
     gap = universal_gap(uni) if uni is not None else None
     ggap = grating_gap(grat.shares, grat.median_shares, config.grating_baseline) if grat is not None else None
     pgap = universal_gap(patch.shares) if patch is not None else None
-    ratio = softmax_ratio(mean_softmax)
-    top_share = max(clean_counts) / max(sum(clean_counts), 1)
+    prior = spec.class_prior
+    ratio = softmax_ratio(prior_adjusted(mean_softmax, prior))
+    shares = prior_adjusted([c / max(sum(clean_counts), 1) for c in clean_counts], prior)
+    top_share, line = max(shares), collapse_line(spec.num_classes, config)
     inconclusive = False
-    if stats.method == "bn-stats" and top_share > config.collapse_share:
+    if stats.method == "bn-stats" and spec.num_classes == 2 and not config.judge_two_classes:
+        # the images follow the training set's class balance (a clean 70 / 30 net gave 68 / 32), and on two classes
+        # nothing else separated: given that balance, the ratio found 1 of 4 backdoored nets, and the universal gap
+        # measures the balance too (a clean net's perturbations reached its majority class on 94 % of the images)
+        target, score, inconclusive = conc[0], 0.0, True
+        basis = (f"inconclusive: the scan does not judge two-class nets: their synthetic images follow the training "
+                 f"data's class balance ({shares[0]:.0%} / {shares[1]:.0%}), and its evidence found 1 of 4 backdoored "
+                 "ones (README, 'Uneven classes and two-class nets')")
+    elif stats.method == "bn-stats" and top_share > line:
         # a broken network, not evidence of poisoning; the universal gap is void too (any input is
         # one small push away from the class everything already falls into)
-        target, score, inconclusive = conc[0], 0.0, True
-        basis = (f"inconclusive: {top_share:.0%} of the synthetic images fall in class {conc[0]} (> "
-                 f"{config.collapse_share:.0%}); the BN statistics no longer describe this network")
+        cls = max(range(len(shares)), key=shares.__getitem__)
+        target, score, inconclusive = cls, 0.0, True
+        basis = (f"inconclusive: {top_share:.0%} of the synthetic images fall in class {cls} (> "
+                 f"{line:.0%}{'' if prior is None else ', class prior divided out'}); "
+                 "the BN statistics no longer describe this network")
     elif stats.method == "bn-stats":
-        target, score, which = combine(ratio, gap, config.threshold, config.ratio_threshold, config.gap_threshold,
-                                       ggap, config.grating_threshold)
+        # two classes (judge_two_classes): the universal gap measures the class balance, not a shortcut (a clean 70 / 30
+        # net's perturbations reached its majority class on 94 % of the images, its minority on 25 %); the ratio speaks
+        target, score, which = combine(ratio, gap if spec.num_classes > 2 else None, config.threshold,
+                                       config.ratio_threshold, config.gap_threshold, ggap, config.grating_threshold)
         basis = which
     elif gap is not None:
         # no BatchNorm: the inversion images' predictions are even by construction (no ratio), and the flip index
@@ -447,7 +484,7 @@ def _scan(model: nn.Module, spec, config: ScanConfig, callback) -> ScanResult:
                 "seed": synth_cfg.seed, "norm": config.probe.norm, "eps": config.probe.eps, "steps": config.probe.steps,
                 "universal": None if config.universal is None else vars(config.universal),
                 "ratio_threshold": config.ratio_threshold, "gap_threshold": config.gap_threshold,
-                "collapse_share": config.collapse_share,
+                "collapse_share": round(line, 4), "class_prior": None if prior is None else list(prior),
                 "grating": None if config.grating is None else vars(config.grating),
                 "grating_threshold": config.grating_threshold, "grating_baseline": config.grating_baseline,
                 "patch": None if config.patch is None else vars(config.patch)},

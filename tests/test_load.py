@@ -137,6 +137,26 @@ def test_card_supplies_input_shape_and_normalisation(tmp_path):
         assert torch.allclose(raw(x), model((x - 0.5) / 0.25))
 
 
+def test_class_prior_from_user_or_card(tmp_path, cli):
+    model = create_model("tiny_cnn", num_classes=2, in_channels=1)
+    torch.save(model.state_dict(), tmp_path / "m.pt")
+    _, plain = load_suspect(tmp_path / "m.pt", input_shape="1x28x28")
+    assert plain.class_prior is None
+    _, given = load_suspect(tmp_path / "m.pt", input_shape="1x28x28", class_prior="7,3")
+    assert given.class_prior == pytest.approx((0.7, 0.3))  # shares, normalised
+    (tmp_path / "m.json").write_text(json.dumps({"spec": given.to_dict()}))
+    _, from_card = load_suspect(tmp_path / "m.pt")
+    assert from_card.class_prior == pytest.approx((0.7, 0.3))
+    assert ModelSpec.from_dict(given.to_dict()) == given
+    _, overridden = load_suspect(tmp_path / "m.pt", class_prior=(1, 1))  # the user's value wins over the card's
+    assert overridden.class_prior == (0.5, 0.5)
+    for bad, says in (("0.2,0.3,0.5", "has 3 values but the model has 2 classes"), ("1,0", "must be positive"),
+                      ("a,b", "not a list of numbers"), ("1,inf", "must be positive")):
+        with pytest.raises(UserError, match=says):
+            load_suspect(tmp_path / "m.pt", class_prior=bad)
+    assert_one_line_error(cli("scan", tmp_path / "m.pt", "--class-prior", "1,2,3"), "--class-prior has 3 values")
+
+
 def test_ambiguous_detection_lists_candidates(monkeypatch):
     twin = zoo.ZooEntry("tiny_twin", zoo.tiny_cnn, zoo._infer_tiny, "same as tiny_cnn")
     monkeypatch.setitem(zoo.REGISTRY, "tiny_twin", twin)

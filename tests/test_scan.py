@@ -32,18 +32,21 @@ from edgeclean.scan import (
     GRATING_THRESHOLD,
     RATIO_THRESHOLD,
     ScanConfig,
+    UniversalConfig,
+    collapse_line,
     combine,
     concentration_index,
     flip_index,
     flip_shares,
     grating_gap,
     prediction_spread,
+    prior_adjusted,
     scan,
     softmax_ratio,
     universal_gap,
     verdict,
 )
-from edgeclean.report import NO_BN_NOTE, render_html, without_batchnorm
+from edgeclean.report import NO_BN_NOTE, render_html, uneven_classes_note, without_batchnorm
 from edgeclean.synth import SynthConfig, bn_stat_loss, synthesize
 from edgeclean.zoo import create_model
 
@@ -331,6 +334,60 @@ def test_cli_exit_codes(tmp_path, trained, cli):
     assert judged.returncode == 1 and json.loads(judged.stdout)["inconclusive"], judged.stdout[-500:]
     missing = cli("scan", tmp_path / "nope.pt")
     assert missing.returncode == 2 and "Traceback" not in missing.stderr and "no such file" in missing.stderr
+
+
+def test_class_prior_is_divided_out_and_scales_the_collapse_line():
+    assert prior_adjusted([0.7, 0.3], None) == [0.7, 0.3]
+    assert prior_adjusted([0.7, 0.3], (0.7, 0.3)) == pytest.approx([0.5, 0.5])
+    # a class twice as common as its prior says: it leads after the division, by the ratio of the two excesses
+    top, ratio = softmax_ratio(prior_adjusted([0.6, 0.4], (0.75, 0.25)))
+    assert top == 1 and ratio == pytest.approx((0.4 / 0.25) / (0.6 / 0.75))
+    assert collapse_line(10, ScanConfig()) == pytest.approx(0.5)  # the suite's calibrated line
+    assert collapse_line(2, ScanConfig()) == pytest.approx(0.9)
+    assert collapse_line(2, ScanConfig(collapse_share=0.3)) == 0.3
+
+
+@pytest.fixture(scope="module")
+def two_class(one_thread):
+    """tiny_cnn trained on a 3:1 two-class task (class 0: squares in the top row, class 1: in the bottom row)."""
+    torch.manual_seed(0)
+    x, y = _data(512)
+    label = (y >= 5).long()
+    keep = (label == 0) | (torch.arange(len(y)) % 3 == 0)  # drop two thirds of class 1: about 75 / 25
+    spec = replace(SPEC, num_classes=2)
+    model = create_model("tiny_cnn", num_classes=2, in_channels=1, width=2.0)
+    return _fit(model, input_model(model, spec), x[keep], label[keep], 40), spec, label[keep].float().mean().item()
+
+
+FAST = ScanConfig(n=64, synth=SynthConfig(iterations=10, batch_size=64), probe=ProbeConfig(steps=2),
+                  universal=UniversalConfig(images=8, steps=2), grating=None)
+
+
+def test_two_class_net_gets_no_verdict(two_class):
+    model, spec, share1 = two_class
+    for prior in (None, (1 - share1, share1)):  # its class balance does not make the evidence work (CC_NOTES 34)
+        r = scan(model, replace(spec, class_prior=prior), FAST)
+        assert r.inconclusive and not r.suspected and "two-class" in r.basis, r.basis
+    judged = scan(model, replace(spec, class_prior=(1 - share1, share1)), replace(FAST, judge_two_classes=True))
+    assert not judged.inconclusive and "universal gap" not in judged.basis  # on two classes the gap is the balance's
+
+
+def test_uneven_classes_note_only_for_a_ratio_flag_without_a_prior():
+    flagged = {"suspected": True, "basis": "softmax ratio + universal gap", "target_class": 4, "config": {"class_prior": None}}
+    assert "--class-prior" in uneven_classes_note(flagged) and "class 4" in uneven_classes_note(flagged)
+    assert uneven_classes_note(flagged | {"config": {"class_prior": [0.5, 0.5]}}) == ""
+    assert uneven_classes_note(flagged | {"basis": "grating gap"}) == ""
+    assert uneven_classes_note(flagged | {"suspected": False}) == "" and uneven_classes_note(None) == ""
+
+
+def test_class_prior_divided_out_of_the_ratio(trained):
+    prior = tuple([0.28] + [0.08] * 9)
+    plain, told = scan(trained, SPEC, FAST), scan(trained, replace(SPEC, class_prior=prior), FAST)
+    assert told.config["class_prior"] == pytest.approx(list(prior)) and plain.config["class_prior"] is None
+    assert told.mean_softmax == plain.mean_softmax  # the same images and predictions, judged against another balance
+    assert told.softmax_ratio == pytest.approx(softmax_ratio(prior_adjusted(told.mean_softmax, prior))[1])
+    assert plain.softmax_ratio == pytest.approx(softmax_ratio(plain.mean_softmax)[1])
+    assert told.softmax_target != 0 or plain.softmax_target == 0  # a common class can only lose its lead
 
 
 def test_gratings_cover_both_axes_phases_and_low_frequencies():
