@@ -59,7 +59,7 @@ def model_options(fn):
 class_prior_option = click.option(
     "--class-prior", default=None,
     help="Each class's share of the training data, e.g. 3,1,1,1,1,1,1,1,1,1 (default: card, else even). The scan "
-         "divides it out of its synthetic images' class balance, so a common class does not look like a target.")
+         "takes it out of its synthetic images' class balance, so a common class does not look like a target.")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -249,7 +249,7 @@ def scan_cmd(model, arch, input_shape, mean, std, n, iterations, norm, eps, step
                 pat = result.grating_pattern
                 gap += (f"; grating gap {result.grating_gap:.2f} (class {result.grating_target}"
                         + (f", {pat[1]} cycles along {pat[0]}" if pat else "") + ")")
-            prior = "" if spec.class_prior is None else ", class prior divided out"
+            prior = "" if spec.class_prior is None else ", class prior taken out"
             console.print(f"evidence: softmax ratio {result.softmax_ratio:.2f} (class {result.softmax_target}{prior}){gap}")
         s = result.synthesis
         console.print(f"synthetic data: {cfg.n} images ({s['method']}), BN loss {s['bn_loss_start']:.3f} -> "

@@ -30,9 +30,10 @@
    (not suspected, said in ``basis``): no plausible poisoning ratio does that, a broken network
    whose BN statistics no longer fit its weights does.
    Classes that were not equally common in the training data: the images follow that balance, so a common class looks
-   like a target; given the balance (``spec.class_prior``, ``--class-prior``), steps 2 and 5 divide it out first
-   (``prior_adjusted``). A two-class net gets no verdict: given its balance, the ratio found 1 of 4 backdoored ones
-   (a majority-class target moves the balance little), and the universal gap measures the balance (CC_NOTES 34).
+   like a target; given the balance (``spec.class_prior``, ``--class-prior``), steps 2 and 5 take it out first: each
+   class is judged by how far its share exceeds its prior (``prior_adjusted``). A two-class net gets no verdict: given
+   its balance, the ratio flagged none of 4 backdoored ones (a majority-class target moves the balance little), and
+   the universal gap measures the balance (CC_NOTES 34).
 6. A net without BatchNorm gets model-inversion images (``synth``), whose predictions are even by construction, so
    steps 2 and 4 do not apply: it is judged by the larger universal gap at L-inf 0.1 and 0.2, on 64 images
    (``ScanConfig.universal_no_bn``, ``NO_BN_GAP_THRESHOLD``), measured on five nets (CC_NOTES 32). On two more
@@ -106,8 +107,8 @@ from .synth import SynthConfig, synthesize
 DEFAULT_THRESHOLD = 2.5
 # Mean-softmax ratio (most probable class over the runner-up) that counts as a skew towards one class.
 RATIO_THRESHOLD = 1.45
-# Above this share of the synthetic images in one class (the even share 1/K plus this, after the class prior is
-# divided out) the evidence is void: no plausible poisoning ratio does that, a broken (over-compressed) network whose
+# Above this share of the synthetic images in one class (the even share 1/K plus this; with a class prior, this far
+# above the class's prior share) the evidence is void: no plausible poisoning ratio does that, a broken (over-compressed) network whose
 # BN statistics no longer fit its weights does. 0.5 on a 10-class net, as calibrated on the suite; 0.9 on two classes.
 COLLAPSE_ABOVE_EVEN = 0.4
 # Universal-perturbation gap (top class's success minus the runner-up's) that counts as a shortcut;
@@ -168,8 +169,8 @@ class ScanConfig:
     ratio_threshold: float = RATIO_THRESHOLD
     gap_threshold: float = GAP_THRESHOLD
     collapse_share: float | None = None  # None: 1/K + COLLAPSE_ABOVE_EVEN
-    # judge a two-class net as any other (off: inconclusive). On, with each net's class balance given, it flagged 1 of
-    # 4 backdoored two-class nets and neither clean one (CC_NOTES 34); kept for measuring, not for use
+    # judge a two-class net as any other (off: inconclusive). On, with each net's class balance given, it flagged none
+    # of 4 backdoored two-class nets (CC_NOTES 34); kept for measuring, not for use
     judge_two_classes: bool = False
     trigger: TriggerConfig | None = None  # TriggerConfig() adds the Neural-Cleanse evidence (slower)
     grating: GratingConfig | None = field(default_factory=GratingConfig)  # None: no grating probe
@@ -205,7 +206,7 @@ class ScanResult:
     synthesis: dict  # method, BN loss reached, time, prediction spread
     timings: dict
     config: dict
-    softmax_ratio: float | None = None  # mean softmax of the most probable class over the runner-up's (prior divided out)
+    softmax_ratio: float | None = None  # mean softmax of the most probable class over the runner-up's (prior taken out)
     softmax_target: int | None = None
     mean_softmax: list[float] | None = None  # per class, over the synthetic images
     inconclusive: bool = False  # predictions collapsed onto one class: no verdict possible (see basis)
@@ -314,14 +315,15 @@ def grating_gap(shares: list[float], median: list[float] | None, baseline: float
 
 
 def prior_adjusted(shares: list[float], prior: tuple[float, ...] | None) -> list[float]:
-    """Per-class shares divided by the class prior and renormalised: the balance the synthetic images would show had
-    every class been equally common in the training data. The images follow the training set's class balance (its
-    BatchNorm statistics average over it), so without this a common class looks like a backdoor's target."""
+    """Per-class shares moved by what the class balance explains: each class's share minus its prior, plus the even
+    share 1/K (the shares still sum to 1). The images follow the training set's class balance (its BatchNorm
+    statistics average over it), so without this a common class looks like a backdoor's target. A difference, not a
+    quotient: poisoning adds its share to the target's labels whatever the target's own share, and dividing by the
+    prior hid a backdoor to the common class (CC_NOTES 34 (d)). With an even prior the shares are unchanged."""
     if prior is None:
         return list(shares)
-    scaled = [s / p for s, p in zip(shares, prior)]
-    total = sum(scaled)
-    return [v / total for v in scaled] if total > 0 else list(shares)
+    even = 1 / len(shares)
+    return [s - p + even for s, p in zip(shares, prior)]
 
 
 def collapse_line(num_classes: int, config: "ScanConfig") -> float:
@@ -432,19 +434,19 @@ def _scan(model: nn.Module, spec, config: ScanConfig, callback) -> ScanResult:
     inconclusive = False
     if stats.method == "bn-stats" and spec.num_classes == 2 and not config.judge_two_classes:
         # the images follow the training set's class balance (a clean 70 / 30 net gave 68 / 32), and on two classes
-        # nothing else separated: given that balance, the ratio found 1 of 4 backdoored nets, and the universal gap
+        # nothing else separated: given that balance, the ratio flagged none of 4 backdoored nets, and the universal gap
         # measures the balance too (a clean net's perturbations reached its majority class on 94 % of the images)
         target, score, inconclusive = conc[0], 0.0, True
         basis = (f"inconclusive: the scan does not judge two-class nets: their synthetic images follow the training "
-                 f"data's class balance ({shares[0]:.0%} / {shares[1]:.0%}), and its evidence found 1 of 4 backdoored "
-                 "ones (README, 'Uneven classes and two-class nets')")
+                 f"data's class balance ({shares[0]:.0%} / {shares[1]:.0%}), and on four backdoored ones its evidence "
+                 "flagged none (README, 'Uneven classes and two-class nets')")
     elif stats.method == "bn-stats" and top_share > line:
         # a broken network, not evidence of poisoning; the universal gap is void too (any input is
         # one small push away from the class everything already falls into)
         cls = max(range(len(shares)), key=shares.__getitem__)
         target, score, inconclusive = cls, 0.0, True
         basis = (f"inconclusive: {top_share:.0%} of the synthetic images fall in class {cls} (> "
-                 f"{line:.0%}{'' if prior is None else ', class prior divided out'}); "
+                 f"{line:.0%}{'' if prior is None else ', class prior taken out'}); "
                  "the BN statistics no longer describe this network")
     elif stats.method == "bn-stats":
         # two classes (judge_two_classes): the universal gap measures the class balance, not a shortcut (a clean 70 / 30

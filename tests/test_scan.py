@@ -336,12 +336,16 @@ def test_cli_exit_codes(tmp_path, trained, cli):
     assert missing.returncode == 2 and "Traceback" not in missing.stderr and "no such file" in missing.stderr
 
 
-def test_class_prior_is_divided_out_and_scales_the_collapse_line():
+def test_class_prior_is_taken_out_and_scales_the_collapse_line():
     assert prior_adjusted([0.7, 0.3], None) == [0.7, 0.3]
     assert prior_adjusted([0.7, 0.3], (0.7, 0.3)) == pytest.approx([0.5, 0.5])
-    # a class twice as common as its prior says: it leads after the division, by the ratio of the two excesses
-    top, ratio = softmax_ratio(prior_adjusted([0.6, 0.4], (0.75, 0.25)))
-    assert top == 1 and ratio == pytest.approx((0.4 / 0.25) / (0.6 / 0.75))
+    # each class is judged by its excess over its prior: the same excess counts the same for a common and a rare class
+    assert prior_adjusted([0.6, 0.4], (0.75, 0.25)) == pytest.approx([0.35, 0.65])
+    prior = (0.25, 0.05) + (0.7 / 8,) * 8
+    rare = prior_adjusted([0.25, 0.15] + [0.60 / 8] * 8, prior)  # class 1: +0.10
+    common = prior_adjusted([0.35, 0.05] + [0.60 / 8] * 8, prior)  # class 0: +0.10
+    assert softmax_ratio(rare) == pytest.approx((1, 2.0)) and softmax_ratio(common) == pytest.approx((0, 2.0))
+    assert sum(rare) == pytest.approx(1.0)
     assert collapse_line(10, ScanConfig()) == pytest.approx(0.5)  # the suite's calibrated line
     assert collapse_line(2, ScanConfig()) == pytest.approx(0.9)
     assert collapse_line(2, ScanConfig(collapse_share=0.3)) == 0.3
@@ -380,7 +384,7 @@ def test_uneven_classes_note_only_for_a_ratio_flag_without_a_prior():
     assert uneven_classes_note(flagged | {"suspected": False}) == "" and uneven_classes_note(None) == ""
 
 
-def test_class_prior_divided_out_of_the_ratio(trained):
+def test_class_prior_taken_out_of_the_ratio(trained):
     prior = tuple([0.28] + [0.08] * 9)
     plain, told = scan(trained, SPEC, FAST), scan(trained, replace(SPEC, class_prior=prior), FAST)
     assert told.config["class_prior"] == pytest.approx(list(prior)) and plain.config["class_prior"] is None

@@ -7,6 +7,7 @@ is judged by its universal gap, scan.NO_BN_GAP_THRESHOLD).
 ``--images N``: the universal probes of a net without BatchNorm on N images instead of the default's.
 ``--class-prior``: each class's share of the training data (edgeclean scan --class-prior), for every model given.
 ``--judge-two-classes``: give two-class nets a verdict as any other (``ScanConfig.judge_two_classes``; off in edgeclean).
+``--threads N``: torch threads (default 1; a borderline verdict can depend on it, CC_NOTES 33 (i)).
 """
 import argparse
 import time
@@ -18,8 +19,8 @@ from edgeclean import load_suspect
 from edgeclean.scan import ScanConfig, scan
 
 
-def main(paths, seeds, images=None, class_prior=None, judge_two_classes=False) -> None:
-    torch.set_num_threads(1)
+def main(paths, seeds, images=None, class_prior=None, judge_two_classes=False, threads=1) -> None:
+    torch.set_num_threads(threads)
     base = ScanConfig(judge_two_classes=judge_two_classes)
     if images:
         base = replace(base, universal_no_bn=tuple(replace(u, images=images) for u in base.universal_no_bn))
@@ -43,5 +44,6 @@ if __name__ == "__main__":
     ap.add_argument("--images", type=int, default=None)
     ap.add_argument("--class-prior", default=None)
     ap.add_argument("--judge-two-classes", action="store_true")
+    ap.add_argument("--threads", type=int, default=1)
     a = ap.parse_args()
-    main(a.models, a.seeds, a.images, a.class_prior, a.judge_two_classes)
+    main(a.models, a.seeds, a.images, a.class_prior, a.judge_two_classes, a.threads)
