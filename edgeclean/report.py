@@ -24,7 +24,7 @@ def without_batchnorm(scan_dict: dict | None) -> bool:
 
 def uneven_classes_note(scan_dict: dict | None) -> str:
     """Said where the softmax ratio flagged a class and no class prior was given: the ratio takes the training data's
-    classes to be equally common, and a clean net trained with one class at 31 % was flagged at 15.6-17.2 (CC_NOTES 34)."""
+    classes to be equally common, and a clean net trained with one class at 31 % was flagged at 12.6-17.2 (CC_NOTES 34)."""
     d = scan_dict or {}
     if not d.get("suspected") or "softmax ratio" not in d.get("basis", "") or (d.get("config") or {}).get("class_prior"):
         return ""
