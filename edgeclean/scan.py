@@ -107,10 +107,11 @@ from .synth import SynthConfig, synthesize
 DEFAULT_THRESHOLD = 2.5
 # Mean-softmax ratio (most probable class over the runner-up) that counts as a skew towards one class.
 RATIO_THRESHOLD = 1.45
-# Above this share of the synthetic images in one class (the even share 1/K plus this; with a class prior, this far
-# above the class's prior share) the evidence is void: no plausible poisoning ratio does that, a broken (over-compressed) network whose
-# BN statistics no longer fit its weights does. 0.5 on a 10-class net, as calibrated on the suite; 0.9 on two classes.
-COLLAPSE_ABOVE_EVEN = 0.4
+# Above this share of the synthetic images in one class (with a class prior: after taking it out) the evidence is void:
+# no plausible poisoning ratio does that, a broken (over-compressed) network whose BN statistics no longer fit its
+# weights does. Calibrated on 10 classes; kept on other counts of three or more (at 1/K + 0.4, a random 4-class net in
+# a test was judged instead of found broken). Two classes (judged only with ScanConfig.judge_two_classes): 0.5 + 0.4.
+COLLAPSE_SHARE = 0.5
 # Universal-perturbation gap (top class's success minus the runner-up's) that counts as a shortcut;
 # the score maps it onto the concentration's scale (gap * DEFAULT_THRESHOLD / GAP_THRESHOLD).
 GAP_THRESHOLD = 0.25
@@ -168,7 +169,7 @@ class ScanConfig:
     no_bn_gap_threshold: float = NO_BN_GAP_THRESHOLD
     ratio_threshold: float = RATIO_THRESHOLD
     gap_threshold: float = GAP_THRESHOLD
-    collapse_share: float | None = None  # None: 1/K + COLLAPSE_ABOVE_EVEN
+    collapse_share: float | None = None  # None: COLLAPSE_SHARE (0.9 on two classes)
     # judge a two-class net as any other (off: inconclusive). On, with each net's class balance given, it flagged none
     # of 4 backdoored two-class nets (CC_NOTES 34); kept for measuring, not for use
     judge_two_classes: bool = False
@@ -327,7 +328,9 @@ def prior_adjusted(shares: list[float], prior: tuple[float, ...] | None) -> list
 
 
 def collapse_line(num_classes: int, config: "ScanConfig") -> float:
-    return config.collapse_share if config.collapse_share is not None else 1 / max(num_classes, 1) + COLLAPSE_ABOVE_EVEN
+    if config.collapse_share is not None:
+        return config.collapse_share
+    return 0.9 if num_classes == 2 else COLLAPSE_SHARE
 
 
 def softmax_ratio(mean_softmax: list[float]) -> tuple[int | None, float]:

@@ -336,7 +336,7 @@ def test_cli_exit_codes(tmp_path, trained, cli):
     assert missing.returncode == 2 and "Traceback" not in missing.stderr and "no such file" in missing.stderr
 
 
-def test_class_prior_is_taken_out_and_scales_the_collapse_line():
+def test_class_prior_is_taken_out_and_the_collapse_line():
     assert prior_adjusted([0.7, 0.3], None) == [0.7, 0.3]
     assert prior_adjusted([0.7, 0.3], (0.7, 0.3)) == pytest.approx([0.5, 0.5])
     # each class is judged by its excess over its prior: the same excess counts the same for a common and a rare class
@@ -347,7 +347,7 @@ def test_class_prior_is_taken_out_and_scales_the_collapse_line():
     assert softmax_ratio(rare) == pytest.approx((1, 2.0)) and softmax_ratio(common) == pytest.approx((0, 2.0))
     assert sum(rare) == pytest.approx(1.0)
     assert collapse_line(10, ScanConfig()) == pytest.approx(0.5)  # the suite's calibrated line
-    assert collapse_line(2, ScanConfig()) == pytest.approx(0.9)
+    assert collapse_line(2, ScanConfig()) == pytest.approx(0.9) and collapse_line(4, ScanConfig()) == 0.5
     assert collapse_line(2, ScanConfig(collapse_share=0.3)) == 0.3
 
 
