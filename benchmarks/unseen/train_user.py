@@ -17,7 +17,7 @@ Nets: "usernet" (usernet.py, 1 x 28 x 28; 4 epochs, ~270 s each on one thread), 
 "quirknet" (quirknet.py: reflect padding, 1x3 / 3x1, dilated and grouped convs, concatenation, an SE gate, an
 adaptive pool ONNX cannot write as one AveragePool) and "mnistnet" (mnistnet.py: PyTorch's MNIST example CNN, a
 9216 -> 128 hidden Linear, no BatchNorm) and "resnet18q" (the zoo's ResNet-18 at width 0.25, the demo suspect's
-net; ~100 s an epoch). ``--groups A:B[:C...]`` trains on fewer classes: each group of Fashion-MNIST classes
+net; ~22 s an epoch on one thread). ``--groups A:B[:C...]`` trains on fewer classes: each group of Fashion-MNIST classes
 becomes one label (``0,1,2,3,4,6,8:5,7,9``: "not footwear" 0, "footwear" 1, a 70 / 30 binary task; ``0:6``:
 T-shirt 0 against shirt 1, the other classes' images left out); the target is a group's index, and the card
 records the groups for eval_user.py. ``--keep F0,...,F9`` trains on uneven classes: each class keeps that fraction of
