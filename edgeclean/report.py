@@ -172,9 +172,14 @@ def render_html(report: dict) -> str:
         out.append("<p class='muted'>Synthetic images match the model's BatchNorm statistics, which a dirty-label "
                    "backdoor skews towards its target class; the cleaning distils on them and reverse-engineers its "
                    "trigger on them.</p>")
+    prior = ((before or {}).get("config") or {}).get("class_prior")
+    if prior:
+        out.append("<p class='muted'>Class prior given (each class's share of the training data): "
+                   + _e(", ".join(f"{p:.3f}" for p in prior)) + "; each class was judged by how far its share of the "
+                   "synthetic images exceeds it.</p>")
     out.append("<p class='muted'>Red: the class the scan points at.</p><div class='charts'>")
     for label, s in (("before", before), ("after", after)):
-        verdict = "SUSPECTED" if s.get("suspected") else "not suspected"
+        verdict = "SUSPECTED" if s.get("suspected") else "inconclusive" if s.get("inconclusive") else "not suspected"
         target = s.get("target_class")
         out.append(bar_chart(s.get("clean_histogram") or [], target,
                              f"{label}: {verdict} ({s.get('score', 0):.2f})"))

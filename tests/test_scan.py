@@ -382,6 +382,12 @@ def test_uneven_classes_note_only_for_a_ratio_flag_without_a_prior():
     assert uneven_classes_note(flagged | {"config": {"class_prior": [0.5, 0.5]}}) == ""
     assert uneven_classes_note(flagged | {"basis": "grating gap"}) == ""
     assert uneven_classes_note(flagged | {"suspected": False}) == "" and uneven_classes_note(None) == ""
+    html = html_unescape(render_html({"scan_before": flagged, "scan_after": flagged}))
+    assert "--class-prior" in html and "Class prior given" not in html
+    told = flagged | {"suspected": False, "inconclusive": True, "config": {"class_prior": [0.75, 0.25]}}
+    html = html_unescape(render_html({"scan_before": told, "scan_after": told}))
+    assert "Class prior given (each class's share of the training data): 0.750, 0.250" in html
+    assert "before: inconclusive" in html  # not "not suspected": the scan gave no verdict
 
 
 def test_class_prior_taken_out_of_the_ratio(trained):
