@@ -262,7 +262,10 @@ def check_data(data, spec: ModelSpec) -> tuple[torch.Tensor, torch.Tensor]:
     if x.shape[0] != y.shape[0] or x.shape[0] == 0:
         raise UserError(f"clean data has {x.shape[0]} images but {y.shape[0]} labels; give one int label per image")
     if int(y.min()) < 0 or int(y.max()) >= spec.num_classes:
-        raise UserError(f"clean labels must lie in 0..{spec.num_classes - 1}; fix the label array")
+        # e.g. fashion-mnist:1% (ten classes) for a net trained on fewer or regrouped classes
+        raise UserError(f"the clean labels run {int(y.min())}..{int(y.max())} but the model has {spec.num_classes} "
+                        f"classes; give clean data labelled in 0..{spec.num_classes - 1} as this model's classes "
+                        "(an .npz of x and y, or folder:DIR)")
     return x, y
 
 

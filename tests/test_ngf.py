@@ -201,7 +201,7 @@ def test_bad_input_is_a_user_error():
         ngf_finetune(model, SPEC, (x, y), NGFConfig(layer="bn1"))
     with pytest.raises(UserError, match="raw input space"):
         ngf_finetune(model, SPEC, (torch.rand(4, 3, 8, 8), y[:4]))
-    with pytest.raises(UserError, match="labels"):
+    with pytest.raises(UserError, match=r"labels run 10\.\.19 but the model has 10 classes; give clean data labelled in 0\.\.9"):
         ngf_finetune(model, SPEC, (x, y + 10))
 
 
