@@ -379,7 +379,6 @@ def layer_spectra(modules: dict[str, nn.Module], tuckers: dict) -> list[LayerSpe
     return [LayerSpectrum(n, *layer_dims(modules[n]), t.s_in.numpy(), t.s_out.numpy()) for n, t in tuckers.items()]
 
 
-
 def default_energy_bytes(model: nn.Module, precision: str = "fp32", config: RankConfig = RankConfig()) -> int:
     """Estimated artifact size at the ranks C&C keeps with no budget (the default energy share)."""
     modules = {n: m for n, m in decomposable_layers(model) if decomposes(m)}

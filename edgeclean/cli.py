@@ -257,10 +257,10 @@ def scan_cmd(model, arch, input_shape, mean, std, n, iterations, norm, eps, step
                       f"flip rate {result.flip_rate:.2f}; {result.timings['total_s']:.1f}s")
         from .report import NO_BN_NOTE, uneven_classes_note, without_batchnorm
 
-        if without_batchnorm(result.to_dict()):
-            console.print(NO_BN_NOTE, highlight=False)
-        if uneven_classes_note(result.to_dict()):
-            console.print(uneven_classes_note(result.to_dict()), highlight=False)
+        said = result.to_dict()
+        for note in (NO_BN_NOTE if without_batchnorm(said) else "", uneven_classes_note(said)):
+            if note:
+                console.print(note, highlight=False)
         console.print(f"not used for the verdict: flips pile up in class {result.flip_target} (index {result.flip_index:.2f})"
                       + (f"; smallest trigger mask for class {result.trigger_target} (index {result.trigger_index:.2f})"
                          if result.trigger_index is not None else ""))
@@ -456,10 +456,9 @@ def run_cmd(model, arch, input_shape, mean, std, target, budget, precision, meth
                    + (f"; cleaned against class {backdoor_target} (--backdoor-target)" if backdoor_target is not None else ""))
         from .report import NO_BN_NOTE, uneven_classes_note, without_batchnorm
 
-        if without_batchnorm(before):
-            click.echo(NO_BN_NOTE)
-        if uneven_classes_note(before):
-            click.echo(uneven_classes_note(before))
+        for note in (NO_BN_NOTE if without_batchnorm(before) else "", uneven_classes_note(before)):
+            if note:
+                click.echo(note)
         if report.get("size_bytes") is not None:
             click.echo(f"artifact {out / 'model.onnx'}: {report['size_bytes']:,} bytes {report['precision']} "
                        f"(was {report['original']['size_bytes']:,}); p50 {lat.get('p50', float('nan')):.2f} ms"

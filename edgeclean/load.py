@@ -434,12 +434,7 @@ def _class_prior(values, num_classes: int) -> tuple[float, ...] | None:
     """``--class-prior`` as shares that sum to 1 (any positive numbers: "7,3" is "0.7,0.3")."""
     if values is None:
         return None
-    if isinstance(values, str):
-        try:
-            values = [float(v) for v in values.replace(",", " ").split()]
-        except ValueError:
-            raise UserError(f"--class-prior {values!r} is not a list of numbers (e.g. 3,1,1,1,1,1,1,1,1,1)") from None
-    values = [float(v) for v in values]
+    values = _numbers(values, "--class-prior", "3,1,1,1,1,1,1,1,1,1")
     if len(values) != num_classes:
         raise UserError(f"--class-prior has {len(values)} values but the model has {num_classes} classes; "
                         "give each class's share of the training data")
@@ -449,15 +444,20 @@ def _class_prior(values, num_classes: int) -> tuple[float, ...] | None:
     return tuple(v / total for v in values)
 
 
-def _per_channel(values, default: float, channels: int, flag: str) -> tuple[float, ...]:
-    if values is None:
-        return (default,) * channels
+def _numbers(values, flag: str, example: str) -> tuple[float, ...]:
+    """A flag's numbers, from "0.5,0.5" / "0.5 0.5" or a sequence; a one-line error naming ``flag`` otherwise."""
     if isinstance(values, str):
         try:
             values = [float(v) for v in values.replace(",", " ").split()]
         except ValueError:
-            raise UserError(f"{flag} {values!r} is not a list of numbers (e.g. 0.5,0.5,0.5)") from None
-    values = tuple(float(v) for v in values)
+            raise UserError(f"{flag} {values!r} is not a list of numbers (e.g. {example})") from None
+    return tuple(float(v) for v in values)
+
+
+def _per_channel(values, default: float, channels: int, flag: str) -> tuple[float, ...]:
+    if values is None:
+        return (default,) * channels
+    values = _numbers(values, flag, "0.5,0.5,0.5")
     if len(values) == 1:
         values = values * channels
     if len(values) != channels:

@@ -164,10 +164,11 @@ def render_html(report: dict) -> str:
         for k, v, s in cards) + "</div>")
 
     out.append("<h2>Scan: predictions on synthetic images, before and after</h2>")
+    uneven = uneven_classes_note(before)
     if without_batchnorm(before):
         out.append(f"<p><b>{_e(NO_BN_NOTE)}.</b></p>")
-    elif uneven_classes_note(before):
-        out.append(f"<p><b>{_e(uneven_classes_note(before))}.</b></p>")
+    elif uneven:
+        out.append(f"<p><b>{_e(uneven)}.</b></p>")
     else:
         out.append("<p class='muted'>Synthetic images match the model's BatchNorm statistics, which a dirty-label "
                    "backdoor skews towards its target class; the cleaning distils on them and reverse-engineers its "

@@ -432,7 +432,8 @@ def _scan(model: nn.Module, spec, config: ScanConfig, callback) -> ScanResult:
     pgap = universal_gap(patch.shares) if patch is not None else None
     prior = spec.class_prior
     ratio = softmax_ratio(prior_adjusted(mean_softmax, prior))
-    shares = prior_adjusted([c / max(sum(clean_counts), 1) for c in clean_counts], prior)
+    raw_shares = [c / max(sum(clean_counts), 1) for c in clean_counts]
+    shares = prior_adjusted(raw_shares, prior)
     top_share, line = max(shares), collapse_line(spec.num_classes, config)
     inconclusive = False
     if stats.method == "bn-stats" and spec.num_classes == 2 and not config.judge_two_classes:
@@ -441,8 +442,8 @@ def _scan(model: nn.Module, spec, config: ScanConfig, callback) -> ScanResult:
         # measures the balance too (a clean net's perturbations reached its majority class on 94 % of the images)
         target, score, inconclusive = conc[0], 0.0, True
         basis = (f"inconclusive: the scan does not judge two-class nets: their synthetic images follow the training "
-                 f"data's class balance ({shares[0]:.0%} / {shares[1]:.0%}), and on four backdoored ones its evidence "
-                 "flagged none (README, 'Uneven classes and two-class nets')")
+                 f"data's class balance ({raw_shares[0]:.0%} / {raw_shares[1]:.0%}), and on four backdoored ones its "
+                 "evidence flagged none (README, 'Uneven classes and two-class nets')")
     elif stats.method == "bn-stats" and top_share > line:
         # a broken network, not evidence of poisoning; the universal gap is void too (any input is
         # one small push away from the class everything already falls into)

@@ -248,16 +248,22 @@ def test_int8_keeps_the_layers_int8_leaves_float_dense_and_prices_them(tmp_path)
     assert smallest_bytes(model, spec, "int8") >= smallest_bytes(model, None, "int8") + extra
 
 
+def _hidden_net(arch: str):
+    """(model, spec) of conftest's HiddenNet at ``arch``, seeded weights, eval mode."""
+    from edgeclean.factorize import build_base
+
+    spec = ModelSpec(arch=arch, arch_kwargs={"num_classes": 4, "in_channels": 1}, num_classes=4, input_shape=(1, 16, 16))
+    torch.manual_seed(0)
+    return build_base(spec).eval(), spec
+
+
 def test_hidden_linears_are_factorised_to_meet_a_budget_only_they_can(tmp_path, hidden_net_arch):
     """A net whose bytes are mostly a hidden Linear: a budget under that Linear's dense bytes is met by its SVD
     (two Linears; the classifier stays dense), and the exported file fits it."""
     from edgeclean.export import export
-    from edgeclean.factorize import FactorizedLinear, build_base
+    from edgeclean.factorize import FactorizedLinear
 
-    spec = ModelSpec(arch=hidden_net_arch, arch_kwargs={"num_classes": 4, "in_channels": 1}, num_classes=4,
-                     input_shape=(1, 16, 16))
-    torch.manual_seed(0)
-    model = build_base(spec).eval()
+    model, spec = _hidden_net(hidden_net_arch)
     dense = estimate_bytes(model)
     budget = dense // 4  # the hidden Linear alone is ~97 % of the bytes
     assert 4 * model.fc1.weight.numel() > budget and smallest_bytes(model) < budget
@@ -277,12 +283,7 @@ def test_hidden_linears_are_factorised_to_meet_a_budget_only_they_can(tmp_path, 
 
 def test_the_suspected_backdoor_cap_is_a_share_of_the_convs_not_of_hidden_linears(hidden_net_arch):
     """The cap was measured on convs (CC_NOTES 27); a hidden Linear stays outside it, cut only as the budget needs."""
-    from edgeclean.factorize import build_base
-
-    spec = ModelSpec(arch=hidden_net_arch, arch_kwargs={"num_classes": 4, "in_channels": 1}, num_classes=4,
-                     input_shape=(1, 16, 16))
-    torch.manual_seed(0)
-    model = build_base(spec).eval()
+    model, spec = _hidden_net(hidden_net_arch)
     suspected = _Scan(None, None)
     suspected.suspected, suspected.target_class = True, 1
     cfg = CCConfig(do_finetune=False, ranks=RankConfig(proxy="energy", suspected_min_room=0.0))

@@ -132,16 +132,11 @@ def test_full_rank_linear_block_reproduces_linear(n_in, n_out, bias):
     torch.testing.assert_close((low[1].weight @ low[0].weight).double(), best, atol=1e-5, rtol=1e-4)
 
 
-
-
 def test_hidden_linears_and_their_rebuild_from_card(tmp_path, hidden_net_arch):
-    from edgeclean.factorize import FactorizedLinear, factorize_layer, hidden_linears
+    from edgeclean.factorize import FactorizedLinear, build_base, factorize_layer, hidden_linears
 
-    arch = hidden_net_arch
-    spec = ModelSpec(arch=arch, arch_kwargs={"num_classes": 4, "in_channels": 1}, num_classes=4,
+    spec = ModelSpec(arch=hidden_net_arch, arch_kwargs={"num_classes": 4, "in_channels": 1}, num_classes=4,
                      input_shape=(1, 16, 16), factorized={"fc1": {"ranks": [16, 16]}})
-    from edgeclean.factorize import build_base
-
     model = build_base(spec).eval()
     assert [n for n, _ in hidden_linears(model)] == ["fc1"]  # the classifier (last Linear) is not one
     swap_modules(model, lambda m, n: n == "fc1", lambda m, n: factorize_layer(m, 16, 16))

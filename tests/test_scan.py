@@ -369,9 +369,12 @@ FAST = ScanConfig(n=64, synth=SynthConfig(iterations=10, batch_size=64), probe=P
 
 def test_two_class_net_gets_no_verdict(two_class):
     model, spec, share1 = two_class
+    said = set()
     for prior in (None, (1 - share1, share1)):  # its class balance does not make the evidence work (CC_NOTES 34)
         r = scan(model, replace(spec, class_prior=prior), FAST)
         assert r.inconclusive and not r.suspected and "two-class" in r.basis, r.basis
+        said.add(r.basis)
+    assert len(said) == 1  # the balance it names is the images', with or without a prior
     judged = scan(model, replace(spec, class_prior=(1 - share1, share1)), replace(FAST, judge_two_classes=True))
     assert not judged.inconclusive and "universal gap" not in judged.basis  # on two classes the gap is the balance's
 
