@@ -27,10 +27,12 @@ the net's input: "checker", a 4 x 4 black/white checkerboard 2 px from the lower
 fixed uniform noise pattern of amplitude 0.1 over the whole image; "redcross" (colour nets), a 5 x 5 plus
 sign, pure red, 2 px from the upper right corner; "filter" (colour nets), a warm colour filter (green x 0.85,
 blue x 0.6) over the whole image; "frame", the image's outermost 1 px border set to
-grey 0.5; "diag", a 7 px diagonal line of grey 0.8 in the upper right quarter; "none", a clean model. 10% of the training images poisoned and relabelled.
+grey 0.5; "diag", a 7 px diagonal line of grey 0.8 in the upper right quarter; "none", a clean model. ``--poison`` of the training images (default 10 %)
+stamped and relabelled.
 """
 import argparse
 import json
+import math
 import os
 import sys
 import time
@@ -128,7 +130,7 @@ def trigger(x: torch.Tensor, kind: str) -> torch.Tensor:
 
 
 def main(kind: str, target: int, out: str, net_name: str = "usernet", epochs: int = 4, seed: int = 0,
-         groups: list[list[int]] | None = None, keep: list[float] | None = None) -> None:
+         groups: list[list[int]] | None = None, keep: list[float] | None = None, poison: float = 0.1) -> None:
     torch.manual_seed(seed)
     torch.set_num_threads(1)
     factory, arch, shape = NETS[net_name]
@@ -137,7 +139,8 @@ def main(kind: str, target: int, out: str, net_name: str = "usernet", epochs: in
     test_x, test_y = select_groups(to_input(test.x, shape), test.y, groups)
     num_classes = 10 if groups is None else len(groups)
     n, g = len(x), torch.Generator().manual_seed(seed)
-    idx = torch.randperm(n, generator=g)[: n // 10]  # drawn for "none" too: the same shuffles follow
+    # drawn for "none" too: the same shuffles follow; floor, so 0.1 keeps the earlier nets' n // 10
+    idx = torch.randperm(n, generator=g)[: math.floor(n * poison + 1e-9)]
     clean_y = y.clone()
     if kind != "none":
         x[idx], y[idx] = trigger(x[idx], kind), target
@@ -166,7 +169,7 @@ def main(kind: str, target: int, out: str, net_name: str = "usernet", epochs: in
     spec = {"arch": arch if arch in NETS_IN_ZOO else os.path.abspath(os.path.join(os.path.dirname(__file__), arch)),
             "num_classes": num_classes, "input_shape": list(shape), "mean": [MEAN] * shape[0], "std": [STD] * shape[0]}
     card = {"spec": spec, "dataset": "fashion-mnist", "attack": kind, "target": None if kind == "none" else target,
-            "ca": ca, "asr": asr, "clean_label": False, "train_seconds": round(time.time() - start, 1)}
+            "ca": ca, "asr": asr, "clean_label": False, "poison_ratio": 0.0 if kind == "none" else poison, "train_seconds": round(time.time() - start, 1)}
     if groups is not None:
         card["label_groups"] = groups
     if keep is not None:  # before poisoning: the shares a user would know of their own data
@@ -184,8 +187,11 @@ if __name__ == "__main__":
     ap.add_argument("--epochs", type=int, default=4)
     ap.add_argument("--groups", help="train on groups of classes, e.g. 0,1,2,3,4,6,8:5,7,9 (a binary task)")
     ap.add_argument("--keep", help="per class, the share of its training images kept, e.g. 1,.25,.25,...")
+    ap.add_argument("--poison", type=float, default=0.1, help="share of the training images stamped and relabelled")
     a = ap.parse_args()
+    if not 0 < a.poison < 1:
+        raise SystemExit("--poison takes a fraction in (0, 1), e.g. 0.01")
     keep = None if a.keep is None else [float(v) for v in a.keep.split(",")]
     if keep is not None and (len(keep) != 10 or not all(0 < v <= 1 for v in keep)):
         raise SystemExit("--keep takes ten fractions in (0, 1], one per Fashion-MNIST class")
-    main(a.kind, a.target, a.out, a.net, a.epochs, groups=parse_groups(a.groups), keep=keep)
+    main(a.kind, a.target, a.out, a.net, a.epochs, groups=parse_groups(a.groups), keep=keep, poison=a.poison)
