@@ -448,3 +448,66 @@ def patch_probe(net: nn.Module, images: torch.Tensor, num_classes: int,
         moved = ((pred == cls) & (clean.view(1, -1) != cls)).float().sum(1)
         shares = (moved / (clean.view(1, -1) != cls).float().sum(1).clamp_min(1)).tolist()
     return PatchProbeResult(shares, mask().flatten(1).sum(1).tolist(), time.perf_counter() - start)
+
+
+# --------------------------------------------------------------------------- smallest masks (Neural Cleanse)
+
+
+@dataclass
+class MaskProbeConfig:
+    """Per class, Neural Cleanse's search for the smallest mask + pattern, shared by every fitting image, that sends
+    ``goal`` of them to that class: the mask's L1 weight grows 1.5x every 10 steps while the goal holds and shrinks
+    otherwise (Wang et al., S&P 2019; ``unlearn._smallest_mask`` for one class). All classes in one batch."""
+
+    images: int = 32  # fitting images (the first ones)
+    steps: int = 300
+    goal: float = 0.9
+    lr: float = 0.1
+    mask_init: float = -3.0  # mask logits start here: sigmoid(-3) ~ 0.05, about 37 pixels at 28 x 28
+    chunk: int = 1024  # samples per forward pass
+    bf16: bool = False  # the forward passes under bf16 autocast (only input gradients are taken)
+
+
+@dataclass
+class MaskProbeResult:
+    sizes: list[float]  # per class: pixels of the smallest mask that reached the goal (H x W where none did)
+    reached: list[bool]
+    seconds: float
+
+
+def mask_probe(net: nn.Module, images: torch.Tensor, num_classes: int,
+               config: MaskProbeConfig = MaskProbeConfig()) -> MaskProbeResult:
+    """A patch trigger is a shortcut a few pixels wide: its target is reached from a far smaller mask than any other
+    class. Unlike the softmax ratio this does not need the BN statistics to lean towards the target, so it sees a
+    backdoor poisoned into 1 % of the training data (CC_NOTES 35).
+
+    ``net`` takes raw inputs in [0, 1] and should be in eval mode with frozen parameters."""
+    start = time.perf_counter()
+    x = images[: config.images]
+    n, c, h, w = x.shape
+    k = num_classes
+    m_logit = torch.full((k, 1, 1, h, w), config.mask_init, requires_grad=True)
+    p_logit = torch.zeros((k, 1, c, h, w), requires_grad=True)
+    opt = torch.optim.Adam([m_logit, p_logit], lr=config.lr)
+    y = torch.arange(k).repeat_interleave(n)
+    weight = torch.ones(k)
+    best = torch.full((k,), float(h * w))
+    reached_ever = torch.zeros(k, dtype=torch.bool)
+    for step in range(config.steps):
+        m = torch.sigmoid(m_logit)
+        xa = ((1 - m) * x.unsqueeze(0) + m * torch.sigmoid(p_logit)).flatten(0, 1)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.bf16):
+            out = torch.cat([net(xa[i:i + config.chunk]) for i in range(0, len(xa), config.chunk)]).float()
+        ce = F.cross_entropy(out, y, reduction="none").view(k, n).mean(1)
+        loss = (ce + weight * m.flatten(1).mean(1)).sum()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        with torch.no_grad():
+            reached = (out.argmax(1) == y).view(k, n).float().mean(1) >= config.goal
+            size = m.flatten(1).sum(1)
+            best = torch.where(reached & (size < best), size, best)
+            reached_ever |= reached
+            if step % 10 == 9:
+                weight = torch.where(reached, weight * 1.5, weight / 1.5)
+    return MaskProbeResult(best.tolist(), reached_ever.tolist(), time.perf_counter() - start)

@@ -78,6 +78,7 @@ in the ``ScanResult``: Clean & Compact fine-tunes on them.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field, replace
 
@@ -86,6 +87,7 @@ from torch import nn
 
 from .probe import (
     GratingConfig,
+    MaskProbeConfig,
     PatchProbeConfig,
     ProbeConfig,
     ProbeResult,
@@ -93,6 +95,7 @@ from .probe import (
     frozen_eval,
     grating_probe,
     low_outlier_index,
+    mask_probe,
     patch_probe,
     probe,
     trigger_probe,
@@ -179,6 +182,8 @@ class ScanConfig:
     grating_baseline: float = GRATING_BASELINE
     # PatchProbeConfig() adds the small-patch evidence (reported, not in the verdict: CC_NOTES 20)
     patch: PatchProbeConfig | None = None
+    # MaskProbeConfig() adds Neural Cleanse's smallest masks per class (CC_NOTES 35)
+    mask: MaskProbeConfig | None = None
     threshold: float = DEFAULT_THRESHOLD
     progress: bool = False
     threads: int | None = None  # torch threads during the scan (1 is faster on an oversubscribed CPU)
@@ -222,6 +227,9 @@ class ScanResult:
     patch_shares: list[float] | None = None  # per class: held-out share a 2%-area universal patch moves into it
     patch_gap: float | None = None  # top share minus the runner-up's
     patch_target: int | None = None
+    mask_sizes: list[float] | None = None  # per class: pixels of the smallest mask that sends 90 % of the images there
+    mask_index: float | None = None  # how far the smallest lies below the others (``mask_outlier``)
+    mask_target: int | None = None
     # Tensors reused by fine-tuning (omitted from to_dict):
     images: torch.Tensor | None = None
     clean_pred: torch.Tensor | None = None
@@ -255,6 +263,9 @@ class ScanResult:
             "patch_shares": None if self.patch_shares is None else [round(v, 4) for v in self.patch_shares],
             "patch_gap": None if self.patch_gap is None else round(self.patch_gap, 4),
             "patch_target": self.patch_target,
+            "mask_sizes": None if self.mask_sizes is None else [round(v, 2) for v in self.mask_sizes],
+            "mask_index": None if self.mask_index is None else round(self.mask_index, 4),
+            "mask_target": self.mask_target,
         }
 
 
@@ -313,6 +324,15 @@ def grating_gap(shares: list[float], median: list[float] | None, baseline: float
     if median is None:
         return universal_gap(shares)
     return universal_gap([s - baseline * m for s, m in zip(shares, median)])
+
+
+def mask_outlier(sizes: list[float]) -> tuple[int | None, float]:
+    """(smallest class, anomaly index) of the per-class smallest masks, on a log scale: robust standard deviations
+    (1.4826 MAD) the smallest lies below the median. Logs, because mask sizes spread multiplicatively: a class whose
+    mask is twice the median is as ordinary as one half of it."""
+    if len(sizes) < 3:
+        return None, 0.0
+    return low_outlier_index([math.log(max(v, 1e-3)) for v in sizes])
 
 
 def prior_adjusted(shares: list[float], prior: tuple[float, ...] | None) -> list[float]:
@@ -423,6 +443,11 @@ def _scan(model: nn.Module, spec, config: ScanConfig, callback) -> ScanResult:
         with frozen_eval(model):
             patch = patch_probe(net, images, spec.num_classes, config.patch)
     t6 = time.perf_counter()
+    masks = None
+    if config.mask is not None:
+        with frozen_eval(model):
+            masks = mask_probe(net, images, spec.num_classes, config.mask)
+    t7 = time.perf_counter()
     flips, clean_counts = result.flip_histogram(), torch.bincount(clean_pred, minlength=spec.num_classes).tolist()
     flip = flip_index(flips, clean_counts)
     conc = concentration_index(clean_counts)
@@ -430,6 +455,7 @@ def _scan(model: nn.Module, spec, config: ScanConfig, callback) -> ScanResult:
     gap = universal_gap(uni) if uni is not None else None
     ggap = grating_gap(grat.shares, grat.median_shares, config.grating_baseline) if grat is not None else None
     pgap = universal_gap(patch.shares) if patch is not None else None
+    mgap = mask_outlier(masks.sizes) if masks is not None else None
     prior = spec.class_prior
     ratio = softmax_ratio(prior_adjusted(mean_softmax, prior))
     raw_shares = [c / max(sum(clean_counts), 1) for c in clean_counts]
@@ -485,7 +511,8 @@ def _scan(model: nn.Module, spec, config: ScanConfig, callback) -> ScanResult:
         synthesis=synthesis,
         timings={"synth_s": round(t1 - t0, 2), "probe_s": round(t2 - t1, 2), "trigger_s": round(t3 - t2, 2),
                  "universal_s": round(t4 - t3, 2), "grating_s": round(t5 - t4, 2), "patch_s": round(t6 - t5, 2),
-                 "total_s": round(t6 - t0, 2)},
+                 "mask_s": round(t7 - t6, 2),
+                 "total_s": round(t7 - t0, 2)},
         config={"n": config.n, "synth_iterations": synth_cfg.iterations, "synth_batch": synth_cfg.batch_size,
                 "seed": synth_cfg.seed, "norm": config.probe.norm, "eps": config.probe.eps, "steps": config.probe.steps,
                 "universal": None if config.universal is None else vars(config.universal),
@@ -493,7 +520,8 @@ def _scan(model: nn.Module, spec, config: ScanConfig, callback) -> ScanResult:
                 "collapse_share": round(line, 4), "class_prior": None if prior is None else list(prior),
                 "grating": None if config.grating is None else vars(config.grating),
                 "grating_threshold": config.grating_threshold, "grating_baseline": config.grating_baseline,
-                "patch": None if config.patch is None else vars(config.patch)},
+                "patch": None if config.patch is None else vars(config.patch),
+                "mask": None if config.mask is None else vars(config.mask)},
         softmax_ratio=ratio[1], softmax_target=ratio[0], mean_softmax=mean_softmax, inconclusive=inconclusive,
         universal_success=uni, universal_gap=None if gap is None else gap[1], universal_target=None if gap is None else gap[0],
         grating_shares=None if grat is None else grat.shares, grating_gap=None if ggap is None else ggap[1],
@@ -501,5 +529,7 @@ def _scan(model: nn.Module, spec, config: ScanConfig, callback) -> ScanResult:
         grating_pattern=None if ggap is None or ggap[0] is None else list(grat.gratings[ggap[0]] or []) or None,
         patch_shares=None if patch is None else patch.shares, patch_gap=None if pgap is None else pgap[1],
         patch_target=None if pgap is None else pgap[0],
+        mask_sizes=None if masks is None else masks.sizes, mask_index=None if mgap is None else mgap[1],
+        mask_target=None if mgap is None else mgap[0],
         images=images, clean_pred=clean_pred, adv_images=result.adv_images, adv_pred=result.adv_pred,
     )

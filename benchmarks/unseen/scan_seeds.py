@@ -8,6 +8,8 @@ is judged by its universal gap, scan.NO_BN_GAP_THRESHOLD).
 ``--class-prior``: each class's share of the training data (edgeclean scan --class-prior), for every model given.
 ``--judge-two-classes``: give two-class nets a verdict as any other (``ScanConfig.judge_two_classes``; off in edgeclean).
 ``--threads N``: torch threads (default 1; a borderline verdict can depend on it, CC_NOTES 33 (i)).
+``--masks [IMAGES,STEPS]``: also Neural Cleanse's smallest mask per class (``ScanConfig.mask``; default 64,400), printed
+as the smallest class, its log anomaly index and the sizes.
 """
 import argparse
 import time
@@ -16,12 +18,16 @@ from dataclasses import replace
 import torch
 
 from edgeclean import load_suspect
+from edgeclean.probe import MaskProbeConfig
 from edgeclean.scan import ScanConfig, scan
 
 
-def main(paths, seeds, images=None, class_prior=None, judge_two_classes=False, threads=1) -> None:
+def main(paths, seeds, images=None, class_prior=None, judge_two_classes=False, threads=1, masks=None) -> None:
     torch.set_num_threads(threads)
     base = ScanConfig(judge_two_classes=judge_two_classes)
+    if masks:
+        n, steps = (int(v) for v in masks.split(","))
+        base = replace(base, mask=MaskProbeConfig(images=n, steps=steps))
     if images:
         base = replace(base, universal_no_bn=tuple(replace(u, images=images) for u in base.universal_no_bn))
     for seed in seeds:
@@ -32,9 +38,11 @@ def main(paths, seeds, images=None, class_prior=None, judge_two_classes=False, t
             gap = "-" if r.universal_gap is None else f"{r.universal_gap:.3f}"
             said = "SUSPECTED" if r.suspected else "inconcl." if r.inconclusive else "clean"
             ratio = "-" if r.softmax_ratio is None else f"{r.softmax_ratio:.3f}"
+            mask = "" if r.mask_sizes is None else \
+                f" mask {r.mask_target} index {r.mask_index:.2f} sizes {[round(v, 1) for v in r.mask_sizes]} ({r.timings['mask_s']:.0f} s)"
             print(f"seed {seed} {path:28s} {said:9s} target {r.target_class} "
-                  f"score {r.score:.2f} ratio {ratio} universal gap {gap} ({r.synthesis['method']}; {r.basis}) {time.time() - t0:.0f} s",
-                  flush=True)
+                  f"score {r.score:.2f} ratio {ratio} universal gap {gap} ({r.synthesis['method']}; {r.basis}) {time.time() - t0:.0f} s"
+                  + mask, flush=True)
 
 
 if __name__ == "__main__":
@@ -45,5 +53,6 @@ if __name__ == "__main__":
     ap.add_argument("--class-prior", default=None)
     ap.add_argument("--judge-two-classes", action="store_true")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--masks", nargs="?", const="64,400", default=None)
     a = ap.parse_args()
-    main(a.models, a.seeds, a.images, a.class_prior, a.judge_two_classes, a.threads)
+    main(a.models, a.seeds, a.images, a.class_prior, a.judge_two_classes, a.threads, a.masks)
