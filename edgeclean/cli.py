@@ -43,6 +43,13 @@ int8_activations_option = click.option(
          "gate; int8 = static int8 or nothing (runtimes needing int8 kernels); float = int8 weights only.")
 
 
+# scan.with_masks' modes, shared by `scan` and `run`
+masks_option = click.option(
+    "--masks", type=click.Choice(["auto", "on", "off"]), default="auto", show_default=True,
+    help="The scan's smallest-mask probe (Neural Cleanse), which sees patch triggers in few training images: auto = "
+         "skipped on nets where it would be slow (the scan says so), on = always, off = never.")
+
+
 def model_options(fn):
     """The loading options every command that reads a checkpoint shares."""
     opts = [
@@ -203,10 +210,11 @@ def evaluate_cmd(model, arch, input_shape, mean, std, dataset, attack, attack_ta
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--threads", type=click.IntRange(1, 256), default=None, help="Torch threads (default: torch's).")
 @class_prior_option
+@masks_option
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON only.")
 @handle_errors
 def scan_cmd(model, arch, input_shape, mean, std, n, iterations, norm, eps, steps, threshold, seed, threads,
-             class_prior, as_json):
+             class_prior, masks, as_json):
     """Say whether MODEL looks backdoored and which class it targets, using no data.
 
     Exit code 0: looks clean; 1: suspected, or inconclusive (nothing to judge: as run's backdoor gate); 2: bad input.
@@ -214,10 +222,10 @@ def scan_cmd(model, arch, input_shape, mean, std, n, iterations, norm, eps, step
     from dataclasses import replace
 
     from .load import load_suspect
-    from .scan import ScanConfig, scan
+    from .scan import ScanConfig, scan, with_masks
 
     net, spec = load_suspect(model, arch=arch, input_shape=input_shape, mean=mean, std=std, class_prior=class_prior)
-    cfg = ScanConfig(progress=not as_json, seed=seed, threads=threads)
+    cfg = with_masks(ScanConfig(progress=not as_json, seed=seed, threads=threads), masks)
     if iterations:
         cfg.synth = replace(cfg.synth, iterations=iterations)
     cfg.probe = replace(cfg.probe, **{k: v for k, v in (("norm", norm), ("eps", eps), ("steps", steps)) if v is not None})
@@ -251,6 +259,13 @@ def scan_cmd(model, arch, input_shape, mean, std, n, iterations, norm, eps, step
                         + (f", {pat[1]} cycles along {pat[0]}" if pat else "") + ")")
             prior = "" if spec.class_prior is None else ", class prior taken out"
             console.print(f"evidence: softmax ratio {result.softmax_ratio:.2f} (class {result.softmax_target}{prior}){gap}")
+        if result.mask_sizes is not None:
+            sizes = sorted(result.mask_sizes)
+            console.print(f"smallest mask: class {result.mask_target}, {sizes[0]:.0f} px, {result.mask_ratio:.2f} of the "
+                          f"next class's {sizes[1]:.0f} px (line {cfg.mask_ratio_threshold:.2f}; median "
+                          f"{sizes[len(sizes) // 2]:.0f} px)", highlight=False)
+        if result.mask_skipped:
+            console.print(f"smallest-mask probe skipped: {result.mask_skipped}", highlight=False)
         s = result.synthesis
         console.print(f"synthetic data: {cfg.n} images ({s['method']}), BN loss {s['bn_loss_start']:.3f} -> "
                       f"{s['bn_loss_end']:.3f}, prediction spread {s['prediction_spread']:.2f}; "
@@ -427,10 +442,11 @@ def _said(scan: dict, suspected: str, otherwise: str) -> str:
                    "(a wrong class can cost much accuracy on a model that is easy to push).")
 @class_prior_option
 @int8_activations_option
+@masks_option
 @click.option("--quiet", is_flag=True, help="No progress output; only the final line.")
 @handle_errors
 def run_cmd(model, arch, input_shape, mean, std, target, budget, precision, method, clean_data, ngf_layer,
-            out_dir, seed, as_json, backdoor_target, class_prior, int8_activations, quiet):
+            out_dir, seed, as_json, backdoor_target, class_prior, int8_activations, masks, quiet):
     """Clean MODEL of backdoors, compress it to --budget, export ONNX and measure it on --target.
 
     Exit 0: within budget, parity passed, no backdoor suspected after cleaning; 1: a gate failed
@@ -443,7 +459,7 @@ def run_cmd(model, arch, input_shape, mean, std, target, budget, precision, meth
     log = None if (quiet or as_json) else (lambda msg: err.print(msg, highlight=False, markup=False))
     config = RunConfig(method=method, target=target, budget=budget, precision=precision, clean_data=clean_data,
                        ngf_layer=ngf_layer, out_dir=out_dir, seed=seed, backdoor_target=backdoor_target,
-                       int8_activations=int8_activations)
+                       int8_activations=int8_activations, masks=masks)
     report, out = run(model, config, dict(arch=arch, input_shape=input_shape, mean=mean, std=std,
                                           class_prior=class_prior), log=log)
     if as_json:

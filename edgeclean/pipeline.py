@@ -53,6 +53,7 @@ class RunConfig:
     # A wrong class is not free: on that net's clean twin, class 6 cost 29 pt of CA (CC_NOTES 20)
     backdoor_target: int | None = None
     int8_activations: str = "auto"  # export.with_int8_activations: auto | int8 | float
+    masks: str = "auto"  # the scan's smallest-mask probe: auto (skipped on large nets) | on | off (scan.with_masks)
     extra: dict = field(default_factory=dict)  # stage configs by name, for notebooks and benchmarks
 
 
@@ -128,11 +129,11 @@ def _conv_count(model: nn.Module) -> int:
     return sum(isinstance(m, nn.Conv2d) for m in model.modules())
 
 
-def _scan(model, spec, seed: int, extra: dict):
-    from .scan import ScanConfig, scan
+def _scan(model, spec, seed: int, extra: dict, masks: str = "auto"):
+    from .scan import ScanConfig, scan, with_masks
 
     cfg = extra.get("scan") or ScanConfig(seed=seed)
-    return scan(model, spec, cfg)
+    return scan(model, spec, with_masks(cfg, masks))
 
 
 def _weights_only_note(exp: dict) -> str:
@@ -326,7 +327,7 @@ def _run_stages(model, spec, model_path, config, budget_bytes, precision, reason
     original_macs = count_macs(model, spec.input_shape)
 
     with stages("scan before"):
-        before = _scan(model, spec, config.seed, config.extra)
+        before = _scan(model, spec, config.seed, config.extra, config.masks)
     guide = before if config.backdoor_target is None else \
         replace(before, suspected=True, target_class=config.backdoor_target)
     cleaned, info = _clean(model, spec, config, budget_bytes, precision, guide, stages)
@@ -357,7 +358,7 @@ def _run_stages(model, spec, model_path, config, budget_bytes, precision, reason
             gates["parity"] = {"passed": False, "detail": str(exc)}
 
     with stages("scan after"):
-        after = _scan(cleaned, spec, config.seed, config.extra)
+        after = _scan(cleaned, spec, config.seed, config.extra, config.masks)
 
     latency, orig_latency = {}, {}
     if exp is not None:

@@ -13,6 +13,7 @@ from edgeclean.errors import UserError
 from edgeclean.load import ModelSpec, input_model
 from edgeclean.probe import (
     GratingConfig,
+    MaskProbeConfig,
     PatchProbeConfig,
     ProbeConfig,
     TriggerConfig,
@@ -20,6 +21,7 @@ from edgeclean.probe import (
     grating_probe,
     gratings,
     low_outlier_index,
+    mask_probe,
     patch_probe,
     probe,
     trigger_probe,
@@ -30,6 +32,7 @@ from edgeclean.scan import (
     GAP_THRESHOLD,
     GRATING_BASELINE,
     GRATING_THRESHOLD,
+    MASK_RATIO_THRESHOLD,
     RATIO_THRESHOLD,
     ScanConfig,
     UniversalConfig,
@@ -39,12 +42,16 @@ from edgeclean.scan import (
     flip_index,
     flip_shares,
     grating_gap,
+    mask_cost_note,
+    mask_ratio,
+    mask_score,
     prediction_spread,
     prior_adjusted,
     scan,
     softmax_ratio,
     universal_gap,
     verdict,
+    with_masks,
 )
 from edgeclean.report import NO_BN_NOTE, render_html, uneven_classes_note, without_batchnorm
 from edgeclean.synth import SynthConfig, bn_stat_loss, synthesize
@@ -488,3 +495,53 @@ def test_patch_probe_finds_a_patch_trigger(trained, patched):
     assert max(p.mask_l1) <= 0.02 * 144 + 1e-4  # the area bound holds
     assert universal_gap(p.shares)[0] == 3, p.shares
     assert universal_gap(p.shares)[1] > universal_gap(res["clean"].shares)[1] + 0.3, (p.shares, res["clean"].shares)
+
+
+def test_mask_ratio_and_score():
+    assert mask_ratio([40.0, 10.0, 50.0, 60.0]) == (1, 0.25)  # over the runner-up, not the median
+    assert mask_ratio([23.0, 28.0, 45.0, 50.0, 60.0])[1] == pytest.approx(23 / 28)  # two small classes: not an outlier
+    assert mask_ratio([10.0, 20.0]) == (None, 1.0)  # two classes: nothing to compare with
+    assert mask_score(MASK_RATIO_THRESHOLD, DEFAULT_THRESHOLD, MASK_RATIO_THRESHOLD) == pytest.approx(DEFAULT_THRESHOLD)
+    assert mask_score(1.0, DEFAULT_THRESHOLD, MASK_RATIO_THRESHOLD) == 0.0
+    assert mask_score(0.1, 2.5, 0.5) > mask_score(0.3, 2.5, 0.5) > 2.5
+
+
+def test_mask_probe_finds_a_patch_trigger_and_decides_the_verdict(trained, patched):
+    """Neural Cleanse's smallest mask: the planted target's is a fraction of any other class's, and of any class's on
+    the same net trained clean; in ``scan`` that evidence names the target when it outweighs the rest."""
+    x, _ = _data(64, seed=8)
+    cfg = MaskProbeConfig(images=32, steps=150)
+    res = {}
+    for name, model in (("clean", trained), ("patched", patched)):
+        with frozen_eval(model):
+            res[name] = mask_probe(input_model(model, SPEC), x, 10, cfg)
+    p, c = res["patched"], res["clean"]
+    assert len(p.sizes) == 10 and all(0 < v <= 144 for v in p.sizes) and all(p.reached)
+    top, ratio = mask_ratio(p.sizes)
+    assert top == 3 and ratio < MASK_RATIO_THRESHOLD, p.sizes
+    assert ratio < mask_ratio(c.sizes)[1] - 0.2, (p.sizes, c.sizes)
+
+    # the BN evidence made blind (a ratio line no net reaches), as on a net poisoned at 1 % (CC_NOTES 35); collapse_share
+    # 1: this tiny net sends most synthetic images to its target, which the scan would call broken
+    fast = ScanConfig(n=32, synth=SynthConfig(iterations=10, batch_size=32), probe=ProbeConfig(steps=2), grating=None,
+                      universal=None, mask=cfg, collapse_share=1.0, ratio_threshold=1e6)
+    r = scan(patched, SPEC, fast)
+    assert r.basis == "smallest mask" and r.suspected and r.target_class == 3 and r.mask_skipped is None, r.basis
+    assert r.score == pytest.approx(mask_score(r.mask_ratio, r.threshold, MASK_RATIO_THRESHOLD))
+    said = r.to_dict()
+    assert said["mask_target"] == 3 and said["config"]["mask"]["steps"] == 150
+    off = scan(patched, SPEC, with_masks(fast, "off"))
+    assert off.mask_sizes is None and off.mask_skipped is None and off.to_dict()["config"]["mask"] is None
+
+
+def test_mask_probe_is_skipped_over_its_cost_limit_and_said_so(trained):
+    cfg = ScanConfig(mask=MaskProbeConfig(images=8, steps=5), mask_max_macs=1.0)
+    note = mask_cost_note(trained, SPEC, cfg)
+    assert note and "over the" in note and "--masks on" in note
+    assert mask_cost_note(trained, SPEC, with_masks(cfg, "on")) is None  # on: whatever it costs
+    assert "two classes" in mask_cost_note(trained, replace(SPEC, num_classes=2), cfg)
+    fast = replace(cfg, n=16, synth=SynthConfig(iterations=3, batch_size=16), probe=ProbeConfig(steps=1), grating=None)
+    r = scan(trained, SPEC, fast)
+    assert r.mask_sizes is None and r.mask_skipped == note and r.to_dict()["mask_skipped"] == note
+    with pytest.raises(ValueError, match="masks mode"):
+        with_masks(cfg, "maybe")

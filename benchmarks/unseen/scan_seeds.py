@@ -39,7 +39,7 @@ def main(paths, seeds, images=None, class_prior=None, judge_two_classes=False, t
             said = "SUSPECTED" if r.suspected else "inconcl." if r.inconclusive else "clean"
             ratio = "-" if r.softmax_ratio is None else f"{r.softmax_ratio:.3f}"
             mask = "" if r.mask_sizes is None else \
-                f" mask {r.mask_target} index {r.mask_index:.2f} sizes {[round(v, 1) for v in r.mask_sizes]} ({r.timings['mask_s']:.0f} s)"
+                f" mask {r.mask_target} ratio {r.mask_ratio:.2f} sizes {[round(v, 1) for v in r.mask_sizes]} ({r.timings['mask_s']:.0f} s)"
             print(f"seed {seed} {path:28s} {said:9s} target {r.target_class} "
                   f"score {r.score:.2f} ratio {ratio} universal gap {gap} ({r.synthesis['method']}; {r.basis}) {time.time() - t0:.0f} s"
                   + mask, flush=True)
