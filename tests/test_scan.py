@@ -503,7 +503,7 @@ def test_mask_ratio_and_score():
     assert mask_ratio([10.0, 20.0]) == (None, 1.0)  # two classes: nothing to compare with
     assert mask_score(MASK_RATIO_THRESHOLD, DEFAULT_THRESHOLD, MASK_RATIO_THRESHOLD) == pytest.approx(DEFAULT_THRESHOLD)
     assert mask_score(1.0, DEFAULT_THRESHOLD, MASK_RATIO_THRESHOLD) == 0.0
-    assert mask_score(0.1, 2.5, 0.5) > mask_score(0.3, 2.5, 0.5) > 2.5
+    assert mask_score(0.1, 2.5, 0.5) > mask_score(0.3, 2.5, 0.5) > 2.5 > mask_score(0.69, 2.5, MASK_RATIO_THRESHOLD)
 
 
 def test_mask_probe_finds_a_patch_trigger_and_decides_the_verdict(trained, patched):
