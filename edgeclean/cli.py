@@ -247,9 +247,9 @@ def scan_cmd(model, arch, input_shape, mean, std, n, iterations, norm, eps, step
         console.print(f"{model}: {verdict}  target class {result.target_class}  "
                       f"score {result.score:.2f} (threshold {result.threshold:.2f}; {result.basis})")
         if not result.suspected:
-            console.print("the scan can miss a backdoor (a patch trigger in a net whose BatchNorm layers are all early "
-                          "went unseen); if you suspect a class: edgeclean run MODEL --backdoor-target CLASS",
-                          highlight=False)
+            console.print("the scan can miss a backdoor (a warp or stripe trigger poisoned into few training images; a "
+                          "patch in a net too large for the smallest-mask probe); if you suspect a class: edgeclean run "
+                          "MODEL --backdoor-target CLASS", highlight=False)
         if result.softmax_ratio is not None:
             gap = ("" if result.universal_gap is None else
                    f"; universal perturbation gap {result.universal_gap:.2f} (class {result.universal_target})")
@@ -264,18 +264,14 @@ def scan_cmd(model, arch, input_shape, mean, std, n, iterations, norm, eps, step
             console.print(f"smallest mask: class {result.mask_target}, {sizes[0]:.0f} px, {result.mask_ratio:.2f} of the "
                           f"next class's {sizes[1]:.0f} px (line {cfg.mask_ratio_threshold:.2f}; median "
                           f"{sizes[len(sizes) // 2]:.0f} px)", highlight=False)
-        if result.mask_skipped:
-            console.print(f"smallest-mask probe skipped: {result.mask_skipped}", highlight=False)
         s = result.synthesis
         console.print(f"synthetic data: {cfg.n} images ({s['method']}), BN loss {s['bn_loss_start']:.3f} -> "
                       f"{s['bn_loss_end']:.3f}, prediction spread {s['prediction_spread']:.2f}; "
                       f"flip rate {result.flip_rate:.2f}; {result.timings['total_s']:.1f}s")
-        from .report import NO_BN_NOTE, uneven_classes_note, without_batchnorm
+        from .report import scan_notes
 
-        said = result.to_dict()
-        for note in (NO_BN_NOTE if without_batchnorm(said) else "", uneven_classes_note(said)):
-            if note:
-                console.print(note, highlight=False)
+        for note in scan_notes(result.to_dict()):
+            console.print(note, highlight=False)
         console.print(f"not used for the verdict: flips pile up in class {result.flip_target} (index {result.flip_index:.2f})"
                       + (f"; smallest trigger mask for class {result.trigger_target} (index {result.trigger_index:.2f})"
                          if result.trigger_index is not None else ""))
@@ -470,11 +466,10 @@ def run_cmd(model, arch, input_shape, mean, std, target, budget, precision, meth
         click.echo(f"scan before: {_said(before, 'SUSPECTED, target ' + str(before['target_class']), 'clean')} "
                    f"(score {before['score']:.2f}); after: {_said(after, 'SUSPECTED', 'not suspected')} (score {after['score']:.2f})"
                    + (f"; cleaned against class {backdoor_target} (--backdoor-target)" if backdoor_target is not None else ""))
-        from .report import NO_BN_NOTE, uneven_classes_note, without_batchnorm
+        from .report import scan_notes
 
-        for note in (NO_BN_NOTE if without_batchnorm(before) else "", uneven_classes_note(before)):
-            if note:
-                click.echo(note)
+        for note in scan_notes(before):
+            click.echo(note)
         if report.get("size_bytes") is not None:
             click.echo(f"artifact {out / 'model.onnx'}: {report['size_bytes']:,} bytes {report['precision']} "
                        f"(was {report['original']['size_bytes']:,}); p50 {lat.get('p50', float('nan')):.2f} ms"

@@ -33,6 +33,19 @@ def uneven_classes_note(scan_dict: dict | None) -> str:
             "(README, 'Uneven classes and two-class nets')")
 
 
+def mask_skipped_note(scan_dict: dict | None) -> str:
+    """Said where the scan's smallest-mask probe was asked for but skipped (its cost, or two classes)."""
+    why = (scan_dict or {}).get("mask_skipped")
+    return f"the smallest-mask probe was skipped: {why}" if why else ""
+
+
+def scan_notes(scan_dict: dict | None) -> list[str]:
+    """What the user must know to read a scan's verdict: model inversion, an uneven class balance, a skipped probe."""
+    notes = [NO_BN_NOTE if without_batchnorm(scan_dict) else "", uneven_classes_note(scan_dict),
+             mask_skipped_note(scan_dict)]
+    return [n for n in notes if n]
+
+
 GOOD, BAD, INK, MUTED, ACCENT = "#1a7f37", "#cf222e", "#1f2328", "#656d76", "#0969da"
 
 
@@ -164,11 +177,9 @@ def render_html(report: dict) -> str:
         for k, v, s in cards) + "</div>")
 
     out.append("<h2>Scan: predictions on synthetic images, before and after</h2>")
-    uneven = uneven_classes_note(before)
-    if without_batchnorm(before):
-        out.append(f"<p><b>{_e(NO_BN_NOTE)}.</b></p>")
-    elif uneven:
-        out.append(f"<p><b>{_e(uneven)}.</b></p>")
+    notes = scan_notes(before)
+    if notes:
+        out.extend(f"<p><b>{_e(n)}.</b></p>" for n in notes)
     else:
         out.append("<p class='muted'>Synthetic images match the model's BatchNorm statistics, which a dirty-label "
                    "backdoor skews towards its target class; the cleaning distils on them and reverse-engineers its "

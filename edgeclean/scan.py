@@ -34,7 +34,15 @@
    class is judged by how far its share exceeds its prior (``prior_adjusted``). A two-class net gets no verdict: given
    its balance, the ratio flagged none of 4 backdoored ones (a majority-class target moves the balance little), and
    the universal gap measures the balance (CC_NOTES 34).
-6. A net without BatchNorm gets model-inversion images (``synth``), whose predictions are even by construction, so
+6. Smallest mask (patch triggers, whatever share of the training data was poisoned): per class, Neural Cleanse's
+   search for the smallest mask + pattern that sends 90 % of 64 synthetic images there (``probe.mask_probe``, 400
+   steps, all classes in one batch); the smallest class's size over the runner-up's (``mask_ratio``), line 0.6, is a
+   path of its own, as the grating gap. The ratio of step 2 needs the poisoned share to move the BN statistics: at 1 %
+   poisoning it missed a checkerboard and a diagonal line on the demo's net at 5 of 5 seeds, and ``run`` shipped the
+   checkerboard at 99.5 % ASR with exit 0 (CC_NOTES 35). Costly (~60 s on one thread for the demo's net, ~30 s per
+   million MACs an image at 10 classes), so skipped above ``ScanConfig.mask_max_macs`` (a VGG-11 at 6 M MACs runs it,
+   a full-width ResNet-18 does not), and the result says so.
+7. A net without BatchNorm gets model-inversion images (``synth``), whose predictions are even by construction, so
    steps 2 and 4 do not apply: it is judged by the larger universal gap at L-inf 0.1 and 0.2, on 64 images
    (``ScanConfig.universal_no_bn``, ``NO_BN_GAP_THRESHOLD``), measured on five nets (CC_NOTES 32). On two more
    (PyTorch's MNIST example CNN, CC_NOTES 33 (g)) it named the wrong class for a checkerboard trigger, and it
@@ -199,6 +207,9 @@ class ScanConfig:
     mask: MaskProbeConfig | None = field(default_factory=MaskProbeConfig)
     mask_ratio_threshold: float = MASK_RATIO_THRESHOLD
     mask_max_macs: float | None = MASK_MAX_MACS  # None: run the mask probe whatever it costs
+    # the score above which the model is suspected. Each kind of evidence maps its own line onto DEFAULT_THRESHOLD
+    # whatever this is, so a higher threshold asks for stronger evidence (it used to scale the scores with it, which
+    # left the verdict unchanged for any positive threshold)
     threshold: float = DEFAULT_THRESHOLD
     progress: bool = False
     threads: int | None = None  # torch threads during the scan (1 is faster on an oversubscribed CPU)
@@ -499,6 +510,8 @@ def _scan(model: nn.Module, spec, config: ScanConfig, callback) -> ScanResult:
             patch = patch_probe(net, images, spec.num_classes, config.patch)
     t6 = time.perf_counter()
     masks, mask_skipped = None, None if config.mask is None else mask_cost_note(model, spec, config)
+    if config.mask is not None and mask_skipped is None and stats.method != "bn-stats":
+        mask_skipped = "no BatchNorm: the smallest-mask evidence was measured on BatchNorm nets only"
     if config.mask is not None and mask_skipped is None:
         with frozen_eval(model):
             masks = mask_probe(net, images, spec.num_classes, config.mask)
@@ -536,19 +549,19 @@ def _scan(model: nn.Module, spec, config: ScanConfig, callback) -> ScanResult:
     elif stats.method == "bn-stats":
         # two classes (judge_two_classes): the universal gap measures the class balance, not a shortcut (a clean 70 / 30
         # net's perturbations reached its majority class on 94 % of the images, its minority on 25 %); the ratio speaks
-        target, score, which = combine(ratio, gap if spec.num_classes > 2 else None, config.threshold,
+        target, score, which = combine(ratio, gap if spec.num_classes > 2 else None, DEFAULT_THRESHOLD,
                                        config.ratio_threshold, config.gap_threshold, ggap, config.grating_threshold)
         basis = which
     elif gap is not None:
         # no BatchNorm: the inversion images' predictions are even by construction (no ratio), and the flip index
         # flagged a clean GroupNorm net (9.4) on the class its flips pile into; the larger gap of the two radii decides
-        target, score = gap[0], gap[1] * config.threshold / config.no_bn_gap_threshold
+        target, score = gap[0], gap[1] * DEFAULT_THRESHOLD / config.no_bn_gap_threshold
         basis = f"universal gap at L-inf {u.eps:g} (no BatchNorm: model-inversion images, few nets measured)"
     else:
         target, score, inconclusive = None, 0.0, True
         basis = "inconclusive: no BatchNorm statistics and no universal probe (ScanConfig.universal_no_bn is empty)"
     if mgap is not None and mgap[0] is not None and not inconclusive:
-        m_score = mask_score(mgap[1], config.threshold, config.mask_ratio_threshold)
+        m_score = mask_score(mgap[1], DEFAULT_THRESHOLD, config.mask_ratio_threshold)
         if m_score > score:  # a separate path, as the grating gap: the BN evidence can miss a patch entirely
             target, score, basis = mgap[0], m_score, "smallest mask"
     synthesis = {**stats.to_dict(), "prediction_spread": round(prediction_spread(clean_counts), 4),

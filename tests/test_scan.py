@@ -53,7 +53,7 @@ from edgeclean.scan import (
     verdict,
     with_masks,
 )
-from edgeclean.report import NO_BN_NOTE, render_html, uneven_classes_note, without_batchnorm
+from edgeclean.report import NO_BN_NOTE, render_html, scan_notes, uneven_classes_note, without_batchnorm
 from edgeclean.synth import SynthConfig, bn_stat_loss, synthesize
 from edgeclean.zoo import create_model
 
@@ -305,7 +305,7 @@ def test_scan_keeps_tensors_and_serialises(trained):
     assert len(with_patch.patch_shares) == 10 and with_patch.patch_target in range(10)
     assert (with_patch.score, with_patch.basis) == (r.score, r.basis)  # reported, not part of the verdict
     off = scan(trained, SPEC, ScanConfig(n=12, synth=SynthConfig(iterations=5, batch_size=12), probe=ProbeConfig(steps=3),
-                                         universal=None, grating=None))
+                                         universal=None, grating=None, mask=None))
     assert off.universal_success is None and off.basis == "softmax ratio"
     assert off.score == pytest.approx((softmax_ratio(off.mean_softmax)[1] - 1) * DEFAULT_THRESHOLD / (RATIO_THRESHOLD - 1))
     assert sum(off.mean_softmax) == pytest.approx(1.0, abs=1e-4)
@@ -325,6 +325,11 @@ def test_cli_exit_codes(tmp_path, trained, cli):
     assert clean.returncode == 0, clean.stderr
     out = json.loads(clean.stdout)
     assert out["suspected"] is False and len(out["histogram"]) == 10
+    # the threshold is a line on the score, which does not scale with it: a lower one flags what the default did not
+    default = cli("scan", path, *fast)
+    said = json.loads(default.stdout)
+    assert said["score"] == pytest.approx(out["score"]) and said["threshold"] == DEFAULT_THRESHOLD
+    assert cli("scan", path, *fast, "--threshold", str(said["score"] * 0.9)).returncode == 1
     assert out["inconclusive"] is False, out["clean_histogram"]
     flagged = cli("scan", path, "--n", "30", "--iterations", "20", "--steps", "2", "--threads", "1", "--threshold", "-1")
     assert flagged.returncode == 1, flagged.stderr
@@ -543,5 +548,7 @@ def test_mask_probe_is_skipped_over_its_cost_limit_and_said_so(trained):
     fast = replace(cfg, n=16, synth=SynthConfig(iterations=3, batch_size=16), probe=ProbeConfig(steps=1), grating=None)
     r = scan(trained, SPEC, fast)
     assert r.mask_sizes is None and r.mask_skipped == note and r.to_dict()["mask_skipped"] == note
+    assert any(note in n for n in scan_notes(r.to_dict()))  # scan, run and report.html say it
+    assert note in html_unescape(render_html({"scan_before": r.to_dict()}))
     with pytest.raises(ValueError, match="masks mode"):
         with_masks(cfg, "maybe")

@@ -8,7 +8,8 @@ is judged by its universal gap, scan.NO_BN_GAP_THRESHOLD).
 ``--class-prior``: each class's share of the training data (edgeclean scan --class-prior), for every model given.
 ``--judge-two-classes``: give two-class nets a verdict as any other (``ScanConfig.judge_two_classes``; off in edgeclean).
 ``--threads N``: torch threads (default 1; a borderline verdict can depend on it, CC_NOTES 33 (i)).
-``--masks [IMAGES,STEPS]``: also Neural Cleanse's smallest mask per class (``ScanConfig.mask``; default 64,400), printed
+``--masks [IMAGES,STEPS]``: the smallest-mask probe at these settings (``ScanConfig.mask``; bare: 64,400, the default; it runs
+by default on nets under ``ScanConfig.mask_max_macs``); printed
 as the smallest class, its log anomaly index and the sizes.
 """
 import argparse
