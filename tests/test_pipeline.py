@@ -101,12 +101,13 @@ def _fast_extra(seed=0):
     from edgeclean.cc import CCConfig
     from edgeclean.finetune import FinetuneConfig
     from edgeclean.ngf import NGFConfig
-    from edgeclean.probe import ProbeConfig
+    from edgeclean.probe import MaskProbeConfig, ProbeConfig
     from edgeclean.scan import ScanConfig
     from edgeclean.synth import SynthConfig
 
     return {
-        "scan": ScanConfig(n=16, seed=seed, synth=SynthConfig(iterations=4), probe=ProbeConfig(steps=2), trigger=None),
+        "scan": ScanConfig(n=16, seed=seed, synth=SynthConfig(iterations=4), probe=ProbeConfig(steps=2), trigger=None,
+                           mask=MaskProbeConfig(images=8, steps=10)),
         "cc": CCConfig(n_synthetic=16, seed=seed, finetune=FinetuneConfig(steps=4, batch_size=8)),
         "ngf": NGFConfig(iterations=6, batch_size=8, cov_every=2, eigen_every=3),
     }
@@ -144,6 +145,8 @@ def test_run_writes_artifact_reports_and_rebuildable_model(tmp_path, tiny_wide, 
     assert on_disk["parity"]["max_abs_diff"] <= 1e-4
     for scan_key in ("scan_before", "scan_after"):
         assert {"suspected", "target_class", "score"} <= set(on_disk[scan_key])
+        said = on_disk[scan_key]  # the smallest-mask probe ran, before and after: a size per class
+        assert len(said["mask_sizes"]) == len(said["histogram"]) and said["mask_skipped"] is None
     assert {"p50", "p90", "p99", "mean", "emulated"} <= set(on_disk["latency_ms"])
     assert "<svg" in (out / "report.html").read_text()
     # The cleaned PyTorch model rebuilds from cleaned.safetensors + its spec and matches the artifact.

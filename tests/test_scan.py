@@ -320,7 +320,7 @@ def test_cli_exit_codes(tmp_path, trained, cli):
     path = tmp_path / "tiny.pt"
     torch.save(trained.state_dict(), path)
     (tmp_path / "tiny.json").write_text(json.dumps({"spec": SPEC.to_dict() | {"arch_kwargs": {}}}))
-    fast = ["--n", "30", "--iterations", "20", "--steps", "2", "--threads", "1", "--json"]
+    fast = ["--n", "30", "--iterations", "20", "--steps", "2", "--threads", "1", "--masks", "off", "--json"]
     clean = cli("scan", path, *fast, "--threshold", "1000")
     assert clean.returncode == 0, clean.stderr
     out = json.loads(clean.stdout)
@@ -334,8 +334,9 @@ def test_cli_exit_codes(tmp_path, trained, cli):
     flagged = cli("scan", path, "--n", "30", "--iterations", "20", "--steps", "2", "--threads", "1", "--threshold", "-1")
     assert flagged.returncode == 1, flagged.stderr
     assert "SUSPECTED" in flagged.stdout and "score" in flagged.stdout and "--backdoor-target" not in flagged.stdout
-    text = cli("scan", path, *fast[:-1], "--threshold", "1000")  # a clean verdict says it can be wrong, and what to do
+    text = cli("scan", path, *fast[:-3], "--threshold", "1000")  # a clean verdict says it can be wrong, and what to do
     assert text.returncode == 0 and "--backdoor-target CLASS" in text.stdout, text.stdout
+    assert "smallest mask: class" in text.stdout  # the mask probe runs by default on a net this small
     with torch.no_grad():  # a head bias that swamps every logit: the predictions collapse, nothing to judge
         collapsed = create_model("tiny_cnn", num_classes=10, in_channels=1, width=2.0)
         collapsed.load_state_dict(trained.state_dict())
@@ -375,7 +376,7 @@ def two_class(one_thread):
     return _fit(model, input_model(model, spec), x[keep], label[keep], 40), spec, label[keep].float().mean().item()
 
 
-FAST = ScanConfig(n=64, synth=SynthConfig(iterations=10, batch_size=64), probe=ProbeConfig(steps=2),
+FAST = ScanConfig(n=64, synth=SynthConfig(iterations=10, batch_size=64), probe=ProbeConfig(steps=2), mask=None,
                   universal=UniversalConfig(images=8, steps=2), grating=None)
 
 

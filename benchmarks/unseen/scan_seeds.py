@@ -8,9 +8,10 @@ is judged by its universal gap, scan.NO_BN_GAP_THRESHOLD).
 ``--class-prior``: each class's share of the training data (edgeclean scan --class-prior), for every model given.
 ``--judge-two-classes``: give two-class nets a verdict as any other (``ScanConfig.judge_two_classes``; off in edgeclean).
 ``--threads N``: torch threads (default 1; a borderline verdict can depend on it, CC_NOTES 33 (i)).
-``--masks [IMAGES,STEPS]``: the smallest-mask probe at these settings (``ScanConfig.mask``; bare: 64,400, the default; it runs
-by default on nets under ``ScanConfig.mask_max_macs``); printed
-as the smallest class, its log anomaly index and the sizes.
+``--masks [IMAGES,STEPS]``: the smallest-mask probe (``ScanConfig.mask``) at these settings (bare: 64,400, the default)
+on every net, above ``ScanConfig.mask_max_macs`` too; without it the default scan runs it where it is cheap enough.
+Printed as the smallest class, its mask over the runner-up's (``scan.mask_ratio``) and every class's size, or why
+the probe was skipped.
 """
 import argparse
 import time
@@ -20,7 +21,7 @@ import torch
 
 from edgeclean import load_suspect
 from edgeclean.probe import MaskProbeConfig
-from edgeclean.scan import ScanConfig, scan
+from edgeclean.scan import ScanConfig, scan, with_masks
 
 
 def main(paths, seeds, images=None, class_prior=None, judge_two_classes=False, threads=1, masks=None) -> None:
@@ -28,7 +29,7 @@ def main(paths, seeds, images=None, class_prior=None, judge_two_classes=False, t
     base = ScanConfig(judge_two_classes=judge_two_classes)
     if masks:
         n, steps = (int(v) for v in masks.split(","))
-        base = replace(base, mask=MaskProbeConfig(images=n, steps=steps))
+        base = with_masks(replace(base, mask=MaskProbeConfig(images=n, steps=steps)), "on")
     if images:
         base = replace(base, universal_no_bn=tuple(replace(u, images=images) for u in base.universal_no_bn))
     for seed in seeds:
@@ -39,7 +40,7 @@ def main(paths, seeds, images=None, class_prior=None, judge_two_classes=False, t
             gap = "-" if r.universal_gap is None else f"{r.universal_gap:.3f}"
             said = "SUSPECTED" if r.suspected else "inconcl." if r.inconclusive else "clean"
             ratio = "-" if r.softmax_ratio is None else f"{r.softmax_ratio:.3f}"
-            mask = "" if r.mask_sizes is None else \
+            mask = f" mask skipped: {r.mask_skipped}" if r.mask_skipped else "" if r.mask_sizes is None else \
                 f" mask {r.mask_target} ratio {r.mask_ratio:.2f} sizes {[round(v, 1) for v in r.mask_sizes]} ({r.timings['mask_s']:.0f} s)"
             print(f"seed {seed} {path:28s} {said:9s} target {r.target_class} "
                   f"score {r.score:.2f} ratio {ratio} universal gap {gap} ({r.synthesis['method']}; {r.basis}) {time.time() - t0:.0f} s"
