@@ -457,7 +457,7 @@ def patch_probe(net: nn.Module, images: torch.Tensor, num_classes: int,
 class MaskProbeConfig:
     """Per class, Neural Cleanse's search for the smallest mask + pattern, shared by every fitting image, that sends
     ``goal`` of them to that class: the mask's L1 weight grows 1.5x every 10 steps while the goal holds and shrinks
-    otherwise (Wang et al., S&P 2019; ``unlearn._smallest_mask`` for one class). All classes in one batch."""
+    otherwise (Wang et al., S&P 2019). All the classes asked for in one batch."""
 
     # 64 images, 400 steps: with 32 / 300 a 1 %-poisoned diagonal line's target mask (31 px) came within 0.84 of the
     # runner-up's; at 64 / 400 it was 17.5 px, 0.44 (CC_NOTES 35). Fewer images let every class find a small mask
@@ -475,28 +475,34 @@ class MaskProbeResult:
     sizes: list[float]  # per class: pixels of the smallest mask that reached the goal (H x W where none did)
     reached: list[bool]
     seconds: float
+    masks: torch.Tensor | None = None  # classes x 1 x 1 x H x W: those masks (the last one where none reached the goal)
+    patterns: torch.Tensor | None = None  # classes x 1 x C x H x W
 
 
-def mask_probe(net: nn.Module, images: torch.Tensor, num_classes: int,
+def mask_probe(net: nn.Module, images: torch.Tensor, classes: int | list[int],
                config: MaskProbeConfig = MaskProbeConfig()) -> MaskProbeResult:
     """A patch trigger is a shortcut a few pixels wide: its target is reached from a far smaller mask than any other
     class. Unlike the softmax ratio this does not need the BN statistics to lean towards the target, so it sees a
-    backdoor poisoned into 1 % of the training data (CC_NOTES 35).
+    backdoor poisoned into 1 % of the training data (CC_NOTES 35). ``classes``: a class count (all of them) or the
+    classes to search; the teacher patch's ``mask_goal`` searches its target alone.
 
     ``net`` takes raw inputs in [0, 1] and should be in eval mode with frozen parameters."""
     start = time.perf_counter()
     x = images[: config.images]
     n, c, h, w = x.shape
-    k = num_classes
+    targets = torch.arange(classes) if isinstance(classes, int) else torch.tensor(list(classes))
+    k = len(targets)
     m_logit = torch.full((k, 1, 1, h, w), config.mask_init, requires_grad=True)
     p_logit = torch.zeros((k, 1, c, h, w), requires_grad=True)
     opt = torch.optim.Adam([m_logit, p_logit], lr=config.lr)
-    y = torch.arange(k).repeat_interleave(n)
+    y = targets.repeat_interleave(n)
     weight = torch.ones(k)
     best = torch.full((k,), float(h * w))
     reached_ever = torch.zeros(k, dtype=torch.bool)
+    best_m, best_p = torch.zeros(k, 1, 1, h, w), torch.zeros(k, 1, c, h, w)
     for step in range(config.steps):
         m = torch.sigmoid(m_logit)
+        p_logit_before = p_logit.detach().clone()  # the pattern these outputs came from (the step changes p_logit)
         xa = ((1 - m) * x.unsqueeze(0) + m * torch.sigmoid(p_logit)).flatten(0, 1)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.bf16):
             out = torch.cat([net(xa[i:i + config.chunk]) for i in range(0, len(xa), config.chunk)]).float()
@@ -508,8 +514,15 @@ def mask_probe(net: nn.Module, images: torch.Tensor, num_classes: int,
         with torch.no_grad():
             reached = (out.argmax(1) == y).view(k, n).float().mean(1) >= config.goal
             size = m.flatten(1).sum(1)
-            best = torch.where(reached & (size < best), size, best)
+            smaller = reached & (size < best)
+            best = torch.where(smaller, size, best)
+            keep = smaller.view(k, 1, 1, 1, 1)
+            best_m, best_p = torch.where(keep, m, best_m), torch.where(keep, torch.sigmoid(p_logit_before), best_p)
             reached_ever |= reached
             if step % 10 == 9:
                 weight = torch.where(reached, weight * 1.5, weight / 1.5)
-    return MaskProbeResult(best.tolist(), reached_ever.tolist(), time.perf_counter() - start)
+    with torch.no_grad():  # never reached: the last mask, whatever it reaches
+        never = (~reached_ever).view(k, 1, 1, 1, 1)
+        best_m = torch.where(never, torch.sigmoid(m_logit), best_m)
+        best_p = torch.where(never, torch.sigmoid(p_logit), best_p)
+    return MaskProbeResult(best.tolist(), reached_ever.tolist(), time.perf_counter() - start, best_m, best_p)

@@ -270,31 +270,13 @@ def reverse_trigger(net: nn.Module, images: torch.Tensor, target: int, kind: str
 
 
 def _smallest_mask(net: nn.Module, images: torch.Tensor, target: int, config: PatchConfig, bf16: bool) -> Trigger:
-    """Neural Cleanse's search: the smallest mask + pattern that still sends ``config.mask_goal`` of ``images``
-    to ``target``, by raising the mask's L1 weight while the goal holds and lowering it when it does not."""
-    _, c, h, w = images.shape
-    labels = torch.full((len(images),), target, dtype=torch.long)
-    m_logit = torch.full((1, 1, h, w), -3.0, requires_grad=True)
-    p_logit = torch.zeros((1, c, h, w), requires_grad=True)
-    opt = torch.optim.Adam([m_logit, p_logit], lr=0.1)
-    weight, best = 1.0, None
-    for step in range(config.mask_steps):
-        m, p = torch.sigmoid(m_logit), torch.sigmoid(p_logit)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            out = net((1 - m) * images + m * p).float()
-        loss = F.cross_entropy(out, labels) + weight * m.mean()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        reached = float((out.argmax(1) == target).float().mean()) >= config.mask_goal
-        size = float(m.detach().sum())
-        if reached and (best is None or size < best[0]):
-            best = (size, m.detach().clone(), p.detach().clone())
-        if step % 10 == 9:
-            weight = weight * 1.5 if reached else weight / 1.5
-    if best is None:  # the goal was never reached: the last mask, whatever it reaches
-        best = (0.0, torch.sigmoid(m_logit).detach(), torch.sigmoid(p_logit).detach())
-    return Trigger("mask", target, 0.0, mask=best[1], pattern=best[2])
+    """Neural Cleanse's search (``probe.mask_probe``, the scan's smallest-mask evidence) for ``target`` alone: the
+    smallest mask + pattern that still sends ``config.mask_goal`` of ``images`` to it."""
+    from .probe import MaskProbeConfig, mask_probe
+
+    found = mask_probe(net, images, [target], MaskProbeConfig(images=len(images), steps=config.mask_steps,
+                                                              goal=config.mask_goal, bf16=bf16))
+    return Trigger("mask", target, 0.0, mask=found.masks[0], pattern=found.patterns[0])
 
 
 @torch.no_grad()
