@@ -73,7 +73,8 @@ compression the evidence weakens.
 Reported beside the verdict, not used (measurement showed them confounded): the prediction-count
 z-score (``concentration_index``, the previous verdict: a compressed clean ResNet-18 reached 5.4),
 untargeted PGD flips (``probe``, ``flip_index``: a clean model's hub class collects as many flips)
-and, optionally, Neural-Cleanse trigger masks (``ScanConfig.trigger``; separates on ResNets only) and the
+and, optionally, Neural-Cleanse trigger masks at a fixed L1 weight (``ScanConfig.trigger``, 16 images, 40 steps;
+separated on ResNets only; step 6's adaptive search on 64 images is the one judged) and the
 small-patch probe (``ScanConfig.patch``, ``probe.patch_probe``: per class, the held-out share a universal
 patch of 2 % of the image moves there). That one was tried for a miss: an unseen user-defined net with BN
 in its early layers only hides a 4 x 4 checkerboard patch from the ratio (1.01) and the universal gap
