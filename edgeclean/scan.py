@@ -149,7 +149,7 @@ GRATING_BASELINE = 2.0
 # right; clean 0.031-0.219. Far less calibrated than the BN evidence, and the margin is thin.
 NO_BN_GAP_THRESHOLD = 0.25
 # Neural Cleanse's smallest mask per class (``mask_probe``, 64 images, 400 steps): the smallest class's size over the
-# runner-up's that counts as a patch-like shortcut (``mask_ratio``). Measured (CC_NOTES 35; 6 clean nets at seed 0, 3 of
+# runner-up's that counts as a patch-like shortcut (``mask_ratio``). Measured (CC_NOTES 35; 6 clean nets at seed 0, 2 of
 # them at seeds 1-2 too): clean nets 0.69-1.00 (the suite's clean ResNet-18 0.69 / 0.75 / 0.70, its bag class easy to
 # reach); patch triggers at 10 % poisoning 0.16-0.22; at 1 %, where the ratio and the gaps saw nothing: a checkerboard
 # 0.27 / 0.28, a faint diagonal line (ASR 85 %) 0.44 / 0.53, a noise pattern 0.07; blended 0.30 / 0.67, FTrojan 0.22 /
@@ -436,7 +436,7 @@ def mask_cost_note(model: nn.Module, spec, config: ScanConfig) -> str | None:
     from .summary import count_macs
 
     if spec.num_classes < 3:
-        return "two classes: the smallest mask is judged against the median class's"
+        return "two classes: the smallest mask is judged against the runner-up among three or more"
     m = config.mask
     cost = 3 * count_macs(model, tuple(spec.input_shape)) * spec.num_classes * m.images * m.steps
     if config.mask_max_macs is not None and cost > config.mask_max_macs:
