@@ -497,13 +497,11 @@ def mask_probe(net: nn.Module, images: torch.Tensor, classes: int | list[int],
     opt = torch.optim.Adam([m_logit, p_logit], lr=config.lr)
     y = targets.repeat_interleave(n)
     weight = torch.ones(k)
-    best = torch.full((k,), float(h * w))
-    reached_ever = torch.zeros(k, dtype=torch.bool)
+    best = torch.full((k,), float(h * w))  # a mask that reaches the goal is always smaller: it replaces this
     best_m, best_p = torch.zeros(k, 1, 1, h, w), torch.zeros(k, 1, c, h, w)
     for step in range(config.steps):
-        m = torch.sigmoid(m_logit)
-        p_logit_before = p_logit.detach().clone()  # the pattern these outputs came from (the step changes p_logit)
-        xa = ((1 - m) * x.unsqueeze(0) + m * torch.sigmoid(p_logit)).flatten(0, 1)
+        m, p = torch.sigmoid(m_logit), torch.sigmoid(p_logit)  # the step below leaves these as they were
+        xa = ((1 - m) * x.unsqueeze(0) + m * p).flatten(0, 1)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.bf16):
             out = torch.cat([net(xa[i:i + config.chunk]) for i in range(0, len(xa), config.chunk)]).float()
         ce = F.cross_entropy(out, y, reduction="none").view(k, n).mean(1)
@@ -517,10 +515,10 @@ def mask_probe(net: nn.Module, images: torch.Tensor, classes: int | list[int],
             smaller = reached & (size < best)
             best = torch.where(smaller, size, best)
             keep = smaller.view(k, 1, 1, 1, 1)
-            best_m, best_p = torch.where(keep, m, best_m), torch.where(keep, torch.sigmoid(p_logit_before), best_p)
-            reached_ever |= reached
+            best_m, best_p = torch.where(keep, m, best_m), torch.where(keep, p, best_p)
             if step % 10 == 9:
                 weight = torch.where(reached, weight * 1.5, weight / 1.5)
+    reached_ever = best < h * w
     with torch.no_grad():  # never reached: the last mask, whatever it reaches
         never = (~reached_ever).view(k, 1, 1, 1, 1)
         best_m = torch.where(never, torch.sigmoid(m_logit), best_m)

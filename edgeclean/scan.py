@@ -368,7 +368,7 @@ def mask_ratio(sizes: list[float]) -> tuple[int | None, float]:
 
 def mask_score(ratio: float, threshold: float, line: float) -> float:
     """The mask ratio on the scan's scale: ``line`` maps onto ``threshold``, equal sizes onto 0 (logs: a mask a
-    quarter of the median's is as far past a half as a half is past 1)."""
+    quarter of the runner-up's is as far past a half as a half is past 1)."""
     return math.log(1 / max(ratio, 1e-9)) * threshold / math.log(1 / line)
 
 
@@ -431,10 +431,13 @@ def verdict(score: float, threshold: float) -> bool:
     return score > threshold
 
 
-def mask_cost_note(model: nn.Module, spec, config: ScanConfig) -> str | None:
-    """Why the asked-for mask probe is skipped (None: it runs): fewer than three classes, or over ``mask_max_macs``."""
+def mask_cost_note(model: nn.Module, spec, config: ScanConfig, batchnorm: bool = True) -> str | None:
+    """Why the asked-for mask probe is skipped (None: it runs): fewer than three classes, no BatchNorm (the images
+    came from model inversion), or over ``mask_max_macs``."""
     from .summary import count_macs
 
+    if not batchnorm:
+        return "no BatchNorm: the smallest-mask evidence was measured on BatchNorm nets only"
     if spec.num_classes < 3:
         return "two classes: the smallest mask is judged against the runner-up among three or more"
     m = config.mask
@@ -510,9 +513,8 @@ def _scan(model: nn.Module, spec, config: ScanConfig, callback) -> ScanResult:
         with frozen_eval(model):
             patch = patch_probe(net, images, spec.num_classes, config.patch)
     t6 = time.perf_counter()
-    masks, mask_skipped = None, None if config.mask is None else mask_cost_note(model, spec, config)
-    if config.mask is not None and mask_skipped is None and stats.method != "bn-stats":
-        mask_skipped = "no BatchNorm: the smallest-mask evidence was measured on BatchNorm nets only"
+    masks = None
+    mask_skipped = None if config.mask is None else mask_cost_note(model, spec, config, stats.method == "bn-stats")
     if config.mask is not None and mask_skipped is None:
         with frozen_eval(model):
             masks = mask_probe(net, images, spec.num_classes, config.mask)

@@ -457,21 +457,26 @@ def unstriped(one_thread):
     return _grating_model(trigger=False)
 
 
+def _on_twins(probe_fn, clean, backdoored, x, cfg):
+    """``probe_fn`` run on a clean net and its backdoored twin (frozen, raw inputs): (clean result, backdoored one)."""
+    out = []
+    for model in (clean, backdoored):
+        with frozen_eval(model):
+            out.append(probe_fn(input_model(model, SPEC), x, 10, cfg))
+    return tuple(out)
+
+
 def test_grating_probe_finds_a_stripe_trigger(unstriped, striped):
     x, _ = _data(64, seed=7)
     cfg = GratingConfig(amplitude=0.3, images=32)
-    res = {}
-    for name, model in (("clean", unstriped), ("striped", striped)):
-        with frozen_eval(model):
-            res[name] = grating_probe(input_model(model, SPEC), x, 10, cfg)
-    s = res["striped"]
+    clean, s = _on_twins(grating_probe, unstriped, striped, x, cfg)
     assert len(s.shares) == len(s.screen_shares) == len(s.gratings) == 10
     assert max(range(10), key=lambda c: s.shares[c]) == 4 and s.shares[4] > 0.6, s.shares
     assert s.gratings[4][:2] == ("x", 3)  # the planted stripes (phase within a step or two)
     gap = universal_gap(s.shares)[1]
     # the stripe-trained net's gap stands well above its clean twin's: 0.375 against 0.094 on an AVX2-only
     # CPU (training numerics differ by CPU; the AVX-512 machines of sessions 2-8 passed a 0.3 margin)
-    assert gap > universal_gap(res["clean"].shares)[1] + 0.25, (s.shares, res["clean"].shares)
+    assert gap > universal_gap(clean.shares)[1] + 0.25, (s.shares, clean.shares)
     # confirmation re-measures on the 32 images the gratings were not chosen on: shares are of those
     assert all(0.0 <= v <= 1.0 for v in s.shares)
 
@@ -492,15 +497,11 @@ def test_patch_probe_finds_a_patch_trigger(trained, patched):
     other class, and than any class of the same net trained without the backdoor."""
     x, _ = _data(96, seed=8)
     cfg = PatchProbeConfig(steps=60, images=32)  # area 2%: ~3 pixels of the 4-pixel trigger
-    res = {}
-    for name, model in (("clean", trained), ("patched", patched)):
-        with frozen_eval(model):
-            res[name] = patch_probe(input_model(model, SPEC), x, 10, cfg)
-    p = res["patched"]
+    clean, p = _on_twins(patch_probe, trained, patched, x, cfg)
     assert len(p.shares) == len(p.mask_l1) == 10 and all(0.0 <= v <= 1.0 for v in p.shares)
     assert max(p.mask_l1) <= 0.02 * 144 + 1e-4  # the area bound holds
     assert universal_gap(p.shares)[0] == 3, p.shares
-    assert universal_gap(p.shares)[1] > universal_gap(res["clean"].shares)[1] + 0.3, (p.shares, res["clean"].shares)
+    assert universal_gap(p.shares)[1] > universal_gap(clean.shares)[1] + 0.3, (p.shares, clean.shares)
 
 
 def test_mask_ratio_and_score():
@@ -517,11 +518,7 @@ def test_mask_probe_finds_a_patch_trigger_and_decides_the_verdict(trained, patch
     the same net trained clean; in ``scan`` that evidence names the target when it outweighs the rest."""
     x, _ = _data(64, seed=8)
     cfg = MaskProbeConfig(images=32, steps=150)
-    res = {}
-    for name, model in (("clean", trained), ("patched", patched)):
-        with frozen_eval(model):
-            res[name] = mask_probe(input_model(model, SPEC), x, 10, cfg)
-    p, c = res["patched"], res["clean"]
+    c, p = _on_twins(mask_probe, trained, patched, x, cfg)
     assert len(p.sizes) == 10 and all(0 < v <= 144 for v in p.sizes) and all(p.reached)
     top, ratio = mask_ratio(p.sizes)
     assert top == 3 and ratio < MASK_RATIO_THRESHOLD, p.sizes
